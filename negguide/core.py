@@ -1,0 +1,212 @@
+"""The per-step core shared by every pipeline family.
+
+At each step: take the combiner's branches, build one batch of rows (recorded in a `BatchLayout`), run the
+denoiser once (or in chunks of whole branches), split the output per branch, combine, and post-process
+(guidance rescale). Text conditions are encoded once per call and distinct text, never per step.
+
+A family (SD, SDXL, SD3, Flux) provides two callables: ``encode(texts) -> fields`` (its text encoders) and
+``denoise(latent_rows, fields) -> prediction_rows`` (its network call for one timestep). *Fields* are the
+named conditioning tensors the network takes per row (``encoder_hidden_states``, pooled embeddings, ...),
+each with the row as its first dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+
+import torch
+
+from negguide import functional as F
+from negguide.branches import COND, Branch, CallInfo, EmbedsRef, Step, TextKey
+from negguide.checks import unit_interval
+from negguide.layout import BatchLayout, ExtraRow
+from negguide.modules.base import PatchState
+from negguide.modules.resolve import GuidanceArg, resolve_guidance
+
+Fields = dict[str, torch.Tensor]
+Encoder = Callable[[list[str]], Fields]
+Denoiser = Callable[[torch.Tensor, Fields], torch.Tensor]
+
+
+def embeds_conditions(source: str, **fields: torch.Tensor) -> dict[TextKey, Fields]:
+    """Caller-given embeddings (e.g. ``prompt_embeds``) as conditions keyed ``EmbedsRef(source, row)``."""
+    num_rows = len(next(iter(fields.values())))
+    return {EmbedsRef(source, i): {name: t[i : i + 1] for name, t in fields.items()} for i in range(num_rows)}
+
+
+class ConditionTable:
+    """The text conditions of one call: one row of fields per distinct text, encoded on first need.
+
+    Args:
+        encode: the family's text encoding, called with a list of distinct texts.
+        given: conditions that are not encoded here (caller-given embeddings).
+    """
+
+    def __init__(self, encode: Encoder, given: Mapping[TextKey, Fields] | None = None) -> None:
+        self._encode = encode
+        self._rows: dict[TextKey, Fields] = dict(given or {})
+
+    def prefetch(self, keys: Iterable[TextKey]) -> None:
+        """Encode, in one call, the texts among ``keys`` not encoded yet."""
+        texts = [key for key in dict.fromkeys(keys) if isinstance(key, str) and key not in self._rows]
+        if not texts:
+            return
+        encoded = self._encode(texts)
+        for i, text in enumerate(texts):
+            self._rows[text] = {name: t[i : i + 1] for name, t in encoded.items()}
+
+    def rows(self, keys: Sequence[TextKey]) -> Fields:
+        """The fields of ``keys``, stacked row by row."""
+        self.prefetch(keys)
+        rows = [self._rows[key] for key in keys]
+        return {name: torch.cat([row[name] for row in rows]) for name in rows[0]}
+
+
+class Guide:
+    """The guidance of one pipeline call.
+
+    Building it resolves ``guidance=`` and plans every step's branches, so every argument error surfaces
+    before any network runs. Then `prefetch` encodes the texts, `patch` installs the patchers around the
+    denoising loop, and `predict` gives each step's guided prediction.
+
+    Args:
+        guidance: the call's ``guidance=`` argument (see `resolve_guidance`).
+        call (`CallInfo`): the call's prompts and batch sizes.
+        timesteps (`Sequence[float]`): the run's timesteps, one per network evaluation.
+        encode: the family's text encoding (see `ConditionTable`).
+        given: conditions for caller-given embeddings (see `embeds_conditions`).
+        negative_prompt: the call's ``negative_prompt``, for modules built from a registry name.
+        guidance_rescale (`float`): the call's ``guidance_rescale``; a combiner's own non-zero value wins, and
+            two different non-zero values are an error.
+    """
+
+    def __init__(
+        self,
+        guidance: GuidanceArg,
+        *,
+        call: CallInfo,
+        timesteps: Sequence[float],
+        encode: Encoder,
+        given: Mapping[TextKey, Fields] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        guidance_rescale: float = 0.0,
+    ) -> None:
+        self.combiner, self.patchers = resolve_guidance(guidance, negative_prompt)
+        self.call = call
+        self.guidance_rescale = _merged_rescale(self.combiner.guidance_rescale, guidance_rescale)
+        self.steps = tuple(Step(i, len(timesteps), float(t)) for i, t in enumerate(timesteps))
+        self._plan = tuple(self._checked(self.combiner.branches(call, step)) for step in self.steps)
+        self.conditions = ConditionTable(encode, given)
+        self._batches: dict[tuple[Branch, ...], tuple[BatchLayout, Fields]] = {}
+        self._states: list[PatchState] = []
+
+    def _checked(self, branches: Sequence[Branch]) -> tuple[Branch, ...]:
+        names = [branch.name for branch in branches]
+        if names.count(COND) != 1 or len(set(names)) != len(names):
+            raise ValueError(
+                f"{type(self.combiner).__name__}.branches must return unique branch names with exactly one "
+                f"{COND!r}, got {names}."
+            )
+        for branch in branches:
+            if len(branch.texts) != self.call.num_prompts:
+                raise ValueError(
+                    f"{type(self.combiner).__name__}: branch {branch.name!r} has {len(branch.texts)} texts for "
+                    f"{self.call.num_prompts} prompts."
+                )
+        return tuple(branches)
+
+    def branches(self, index: int, guided: bool) -> tuple[Branch, ...]:
+        """The branches of step ``index``: the combiner's when ``guided``, else ``cond`` alone."""
+        plan = self._plan[index]
+        return plan if guided else tuple(branch for branch in plan if branch.name == COND)
+
+    def prefetch(self, guided: bool) -> None:
+        """Encode every text the run will use, in one text-encoder call."""
+        self.conditions.prefetch(
+            text for index in range(len(self.steps)) for branch in self.branches(index, guided) for text in branch.texts
+        )
+
+    def batch(self, index: int, guided: bool, extra: Sequence[ExtraRow] = ()) -> tuple[BatchLayout, Fields]:
+        """Layout and conditioning fields of step ``index``'s batch (cached when there are no extra rows)."""
+        branches = self.branches(index, guided)
+        if not extra and branches in self._batches:
+            return self._batches[branches]
+        layout = BatchLayout.build(
+            [branch.name for branch in branches], self.call.num_images, self.call.num_images_per_prompt, extra
+        )
+        texts = {branch.name: branch.texts for branch in branches}
+        batch = layout, self.conditions.rows([texts[row.branch][row.prompt] for row in layout.rows])
+        if not extra:
+            self._batches[branches] = batch
+        return batch
+
+    def callback_fields(self, index: int, guided: bool) -> tuple[Fields, Fields | None]:
+        """Conditioning of step ``index`` for step-end callbacks: all rows (like diffusers' concatenated
+        ``prompt_embeds``), and the rows of the branches other than ``cond`` (``None`` without guidance)."""
+        layout, fields = self.batch(index, guided)
+        if not guided:
+            return fields, None
+        others = [i for i, row in enumerate(layout.rows) if row.branch != COND]
+        return fields, {name: t[others] for name, t in fields.items()}
+
+    @contextmanager
+    def patch(self, model: torch.nn.Module) -> Iterator[Guide]:
+        """Install every patcher on ``model`` for the duration of the block; always removed on exit."""
+        with ExitStack() as stack:
+            self._states = [stack.enter_context(patcher.patch(model, self.call)) for patcher in self.patchers]
+            try:
+                yield self
+            finally:
+                self._states = []
+
+    def predict(
+        self, index: int, latents: torch.Tensor, denoise: Denoiser, guidance_scale: float, guided: bool
+    ) -> torch.Tensor:
+        """The guided prediction for step ``index``.
+
+        Args:
+            index (`int`): the step.
+            latents (`torch.Tensor`): current latents, one row per image, ``(num_images, C, H, W)``.
+            denoise: the network for this step's timestep (see the module docstring).
+            guidance_scale (`float`): ``s`` for the combiner (read per step: callbacks may change it).
+            guided (`bool`): whether guidance is on; off, only ``cond`` is evaluated and returned as is.
+        """
+        step = self.steps[index]
+        branches = self.branches(index, guided)
+        extra = [row for state in self._states for row in state.extra_rows(step, branches)]
+        layout, fields = self.batch(index, guided, extra)
+        rows = torch.cat([part for branch in layout.branches for part in _latent_parts(latents, branch, extra)])
+        out = self._forward(step, layout, rows, fields, denoise)
+        preds = {branch.name: out[layout.image_rows(branch.name)] for branch in branches}
+        if not guided:
+            return preds[COND]
+        pred = self.combiner.combine(preds, self.call, step, guidance_scale)
+        if self.guidance_rescale > 0:
+            pred = F.rescale_noise_cfg(pred, preds[COND], self.guidance_rescale)
+        return pred
+
+    def _forward(
+        self, step: Step, layout: BatchLayout, rows: torch.Tensor, fields: Fields, denoise: Denoiser
+    ) -> torch.Tensor:
+        outputs = []
+        for chunk in layout.chunks(self.combiner.max_rows):
+            for state in self._states:
+                state.before_forward(step, layout[chunk])
+            outputs.append(denoise(rows[chunk], {name: t[chunk] for name, t in fields.items()}))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def _latent_parts(latents: torch.Tensor, branch: str, extra: Sequence[ExtraRow]) -> list[torch.Tensor]:
+    """A branch's rows of latents: every image, then the branch's extra rows."""
+    return [latents, *(row.latents[None] for row in extra if row.branch == branch)]
+
+
+def _merged_rescale(module_value: float, call_value: float) -> float:
+    call_value = unit_interval(call_value, "guidance_rescale")
+    if module_value and call_value and module_value != call_value:
+        raise ValueError(
+            f"`guidance_rescale` is {call_value} in the call but {module_value} in the guidance module: set it in "
+            "one place."
+        )
+    return module_value or call_value

@@ -1,0 +1,266 @@
+"""Numbers for "did the negative remove the object and keep the rest?".
+
+Two kinds of measurement, all pure functions:
+
+* verdicts over detections (:func:`negguide.shapes.detect`) against the text of a prompt and a
+  negative in the shapes world's grammar: the named objects are present, extra objects, the negative's
+  object removed, the prompted objects kept; and :func:`rates`, their averages over a benchmark;
+* distances between images, on pixels in ``[0, 1]``: batch diversity, similarity to a reference, the
+  change outside a box.
+
+Text is parsed by :func:`parse_phrase` and :func:`parse_prompt`. A phrase names one object by colour,
+shape or both, with an optional article: ``"a blue square"``, ``"blue square"``, ``"blue"`` (any blue
+object), ``"square"`` (any square). A prompt joins phrases with ``"and"``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from negguide.shapes.detector import Detection, detect, image_array
+from negguide.shapes.world import COLOURS, SHAPES
+
+ARTICLES = ("a", "an")
+
+
+class ObjectSpec(NamedTuple):
+    """What a phrase names: a colour, a shape, or both (``None`` matches any).
+
+    A tuple, so ``ObjectSpec("red", "circle") == ("red", "circle")``.
+    """
+
+    colour: str | None
+    shape: str | None
+
+    def matches(self, detection: Detection) -> bool:
+        """Whether the detection has this colour (if named) and this shape (if named)."""
+        return self.colour in (None, detection.colour) and self.shape in (None, detection.shape)
+
+    def covers(self, other: ObjectSpec) -> bool:
+        """Whether every object ``other`` names is also named by this spec."""
+        return self.colour in (None, other.colour) and self.shape in (None, other.shape)
+
+
+def parse_phrase(text: str) -> ObjectSpec:
+    """Parse one phrase: ``[a|an] [colour] [shape]`` with at least a colour or a shape.
+
+    Case and surrounding spaces are ignored. Raises ``ValueError`` naming the text for anything else.
+    """
+    words = text.lower().split()
+    if words and words[0] in ARTICLES:
+        words = words[1:]
+    colour = words.pop(0) if words and words[0] in COLOURS else None
+    shape = words.pop(0) if words and words[0] in SHAPES else None
+    if words or (colour is None and shape is None):
+        raise ValueError(f"cannot parse {text!r}: expected '[a] [colour] [shape]' with colours "
+                         f"{sorted(COLOURS)} and shapes {list(SHAPES)}")
+    return ObjectSpec(colour, shape)
+
+
+def parse_prompt(text: str) -> tuple[ObjectSpec, ...]:
+    """Parse a prompt or a negative: phrases joined by ``"and"``.
+
+    ``"a red circle and a blue square"`` -> ``(("red", "circle"), ("blue", "square"))``. Raises
+    ``ValueError`` naming the text when a phrase does not parse (an empty text included).
+    """
+    phrases = " ".join(text.lower().split()).split(" and ")
+    try:
+        return tuple(parse_phrase(phrase) for phrase in phrases)
+    except ValueError as error:
+        raise ValueError(f"cannot parse prompt {text!r}: {error}") from None
+
+
+def _as_specs(text_or_specs: str | Sequence[ObjectSpec]) -> tuple[ObjectSpec, ...]:
+    if isinstance(text_or_specs, str):
+        return parse_prompt(text_or_specs)
+    return tuple(ObjectSpec(*spec) for spec in text_or_specs)
+
+
+def matching(specs: Sequence[ObjectSpec], detections: Sequence[Detection]) -> dict[int, int]:
+    """A maximum one-to-one matching of specs to detections that fit them: ``{spec index: detection
+    index}``. Each named object needs its own detection (augmenting paths, Kuhn's algorithm)."""
+    owner: dict[int, int] = {}
+
+    def claim(i: int, seen: set[int]) -> bool:
+        for j, detection in enumerate(detections):
+            if j not in seen and specs[i].matches(detection):
+                seen.add(j)
+                if j not in owner or claim(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    for i in range(len(specs)):
+        claim(i, set())
+    return {i: j for j, i in owner.items()}
+
+
+def has_named_objects(detections: Sequence[Detection], prompt: str | Sequence[ObjectSpec]) -> bool:
+    """Prompt adherence: every object the prompt names has its own detection of the right colour and
+    shape (a maximum matching covers every phrase)."""
+    specs = _as_specs(prompt)
+    return len(matching(specs, detections)) == len(specs)
+
+
+def extra_objects(detections: Sequence[Detection], prompt: str | Sequence[ObjectSpec]) -> list[Detection]:
+    """The detections the prompt does not name: those left unmatched by :func:`matching`.
+
+    A second red circle under ``"a red circle"`` is an extra object."""
+    matched = set(matching(_as_specs(prompt), detections).values())
+    return [det for j, det in enumerate(detections) if j not in matched]
+
+
+def contains(detections: Sequence[Detection], spec: str | ObjectSpec) -> bool:
+    """Whether any detection fits the spec or phrase (e.g. ``"blue"``: any blue object)."""
+    spec = parse_phrase(spec) if isinstance(spec, str) else ObjectSpec(*spec)
+    return any(spec.matches(det) for det in detections)
+
+
+def negative_removed(detections: Sequence[Detection], negative: str | Sequence[ObjectSpec]) -> bool:
+    """True when no detection fits any phrase of the negative."""
+    return not any(contains(detections, spec) for spec in _as_specs(negative))
+
+
+def kept(detections: Sequence[Detection], prompt: str | Sequence[ObjectSpec],
+         negative: str | Sequence[ObjectSpec] | None) -> bool:
+    """The prompted objects the negative does not target are all present.
+
+    A prompted phrase is targeted when a negative phrase covers it (``"red"`` covers ``"a red
+    circle"``; ``"a red square"`` does not). The untargeted phrases must be matched as in
+    :func:`has_named_objects`; with nothing untargeted the answer is True.
+    """
+    targets = _as_specs(negative) if negative else ()
+    specs = [spec for spec in _as_specs(prompt) if not any(target.covers(spec) for target in targets)]
+    return len(matching(specs, detections)) == len(specs)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one image shows against its prompt and negative.
+
+    Args:
+        named: every prompted object is present (:func:`has_named_objects`).
+        extra: the number of detections the prompt does not name (:func:`extra_objects`).
+        negative_removed: no detection fits the negative (:func:`negative_removed`); ``None`` without
+            a negative.
+        kept: the prompted objects the negative does not target are present (:func:`kept`).
+    """
+
+    named: bool
+    extra: int
+    negative_removed: bool | None
+    kept: bool
+
+
+def judge(detections: Sequence[Detection], prompt: str, negative: str | None = None) -> Verdict:
+    """The :class:`Verdict` of one image's detections. An empty negative counts as none."""
+    specs = parse_prompt(prompt)
+    targets = parse_prompt(negative) if negative else ()
+    return Verdict(
+        named=has_named_objects(detections, specs),
+        extra=len(extra_objects(detections, specs)),
+        negative_removed=negative_removed(detections, targets) if targets else None,
+        kept=kept(detections, specs, targets),
+    )
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Averages of :class:`Verdict` over a set of images, each a fraction in ``[0, 1]``.
+
+    Args:
+        count: the number of images.
+        named_rate: the share of images with every prompted object present.
+        extra_rate: the share of images with at least one extra object.
+        mean_extra: the mean number of extra objects per image.
+        negative_removed_rate: the share of the images that have a negative whose negative's objects
+            are all gone; ``None`` when no image has a negative.
+        kept_rate: the share of images whose untargeted prompted objects are all present.
+    """
+
+    count: int
+    named_rate: float
+    extra_rate: float
+    mean_extra: float
+    negative_removed_rate: float | None
+    kept_rate: float
+
+
+def rates(samples: Iterable[tuple[Any, str, str | None]],
+          detector: Callable[[Any], Sequence[Detection]] = detect) -> Rates:
+    """Run ``detector`` on each ``(image, prompt, negative)`` and average the verdicts (:class:`Rates`).
+
+    Raises ``ValueError`` for an empty set.
+    """
+    verdicts = [judge(detector(image), prompt, negative) for image, prompt, negative in samples]
+    if not verdicts:
+        raise ValueError("rates needs at least one (image, prompt, negative) sample")
+    n = len(verdicts)
+    removed = [v.negative_removed for v in verdicts if v.negative_removed is not None]
+    return Rates(
+        count=n,
+        named_rate=sum(v.named for v in verdicts) / n,
+        extra_rate=sum(v.extra > 0 for v in verdicts) / n,
+        mean_extra=sum(v.extra for v in verdicts) / n,
+        negative_removed_rate=sum(removed) / len(removed) if removed else None,
+        kept_rate=sum(v.kept for v in verdicts) / n,
+    )
+
+
+def presence_rate(detections_per_image: Iterable[Sequence[Detection]], spec: str | ObjectSpec) -> float:
+    """The share of images holding an object that fits ``spec`` (e.g. a companion's rate)."""
+    found = [contains(detections, spec) for detections in detections_per_image]
+    if not found:
+        raise ValueError("presence_rate needs at least one image")
+    return sum(found) / len(found)
+
+
+def _pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
+    x, y = image_array(a), image_array(b)
+    if x.shape != y.shape:
+        raise ValueError(f"images differ in size: {x.shape} and {y.shape}")
+    return x, y
+
+
+def rms_distance(a: Any, b: Any) -> float:
+    """Root mean square difference over every pixel and channel, on ``[0, 1]`` pixels: in ``[0, 1]``,
+    0 for identical images, 1 for black against white."""
+    x, y = _pair(a, b)
+    return float(np.sqrt(np.mean((x - y) ** 2)))
+
+
+def batch_diversity(images: Sequence[Any]) -> float:
+    """Mean :func:`rms_distance` over all unordered pairs of a batch (at least two images)."""
+    if len(images) < 2:
+        raise ValueError(f"batch_diversity needs at least two images, got {len(images)}")
+    return float(np.mean([rms_distance(a, b) for a, b in itertools.combinations(images, 2)]))
+
+
+def similarity(image: Any, reference: Any) -> float:
+    """``1 - rms_distance(image, reference)``: in ``[0, 1]``, 1 for identical images."""
+    return 1.0 - rms_distance(image, reference)
+
+
+def change_outside_box(a: Any, b: Any, box: tuple[float, float, float, float], margin: float = 0.0) -> float:
+    """Mean absolute difference of two images over the pixels outside a box, on ``[0, 1]`` pixels.
+
+    ``box`` is ``(x0, y0, x1, y1)`` in pixel edges (a :class:`Detection`'s or ``ShapeObject``'s box),
+    grown by ``margin`` pixels on every side; a pixel touching the grown box counts as inside. The mean
+    runs over the remaining pixels and the three channels. Raises ``ValueError`` when no pixel is left.
+    """
+    x, y = _pair(a, b)
+    h, w = x.shape[:2]
+    x0, y0, x1, y1 = box
+    cols = np.arange(w)
+    rows = np.arange(h)
+    inside_x = (cols + 1 > x0 - margin) & (cols < x1 + margin)
+    inside_y = (rows + 1 > y0 - margin) & (rows < y1 + margin)
+    outside = ~(inside_y[:, None] & inside_x[None, :])
+    if not outside.any():
+        raise ValueError(f"no pixel lies outside box {box} grown by {margin}")
+    return float(np.abs(x - y)[outside].mean())

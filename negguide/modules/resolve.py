@@ -1,0 +1,44 @@
+"""Turn a call's ``guidance=`` argument into one combiner and its patchers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from negguide.modules.base import Combiner, GuidanceModule, Patcher, registered
+from negguide.modules.negatives import NegativePrompts
+
+GuidanceArg = GuidanceModule | str | Sequence[GuidanceModule | str] | None
+
+
+def resolve_guidance(
+    guidance: GuidanceArg, negative_prompt: str | list[str] | None = None
+) -> tuple[Combiner, tuple[Patcher, ...]]:
+    """Split ``guidance`` into its combiner (standard `NegativePrompts` when none is given) and patchers.
+
+    Args:
+        guidance: a module, a registry name (built with ``from_negative_prompt(negative_prompt)``), a list of
+            those, or ``None``.
+        negative_prompt: the call's ``negative_prompt``, for modules built from a name.
+    """
+    items = list(guidance) if isinstance(guidance, (list, tuple)) else [] if guidance is None else [guidance]
+    modules = [_module(item, negative_prompt) for item in items]
+    combiners = [module for module in modules if isinstance(module, Combiner)]
+    if len(combiners) > 1:
+        names = ", ".join(type(module).__name__ for module in combiners)
+        raise ValueError(
+            f"`guidance` holds {len(combiners)} combiners ({names}); a call takes one combiner and any number of "
+            "patchers."
+        )
+    patchers = tuple(module for module in modules if isinstance(module, Patcher))
+    return (combiners[0] if combiners else NegativePrompts()), patchers
+
+
+def _module(item: object, negative_prompt: str | list[str] | None) -> GuidanceModule:
+    if isinstance(item, str):
+        return registered(item, "guidance").from_negative_prompt(negative_prompt)
+    if isinstance(item, (Combiner, Patcher)):
+        return item
+    raise TypeError(
+        "`guidance` must be a guidance module (e.g. NegativePrompts([...])), a registered module name, or a list "
+        f"of them; got {type(item).__name__} {item!r}."
+    )

@@ -1,0 +1,63 @@
+"""The shapes-world evaluation suite: prompts and negatives whose effect the detector can measure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from negguide.shapes.world import COLOURS, COMPANIONS, SHAPES, phrase
+
+
+@dataclass(frozen=True)
+class Case:
+    """One evaluation case.
+
+    ``kind`` says what the case tests:
+    ``plain`` (no negative), ``companion`` (the negative names the prompt's frequent unnamed companion,
+    sharing neither colour nor shape), ``overlap-colour`` / ``overlap-shape`` (the companion shares the
+    prompt's colour / shape), ``attribute`` (the negative is a bare colour or shape the prompt also has:
+    it overlaps the prompt and names the companion's other attribute), ``contradiction`` (the negative
+    names the object the prompt asks for).
+    """
+
+    kind: str
+    prompt: str
+    negative: str | None = None
+
+
+def _overlap_kind(obj: tuple[str, str], companion: tuple[str, str]) -> str:
+    if obj[0] == companion[0]:
+        return "overlap-colour"
+    if obj[1] == companion[1]:
+        return "overlap-shape"
+    return "companion"
+
+
+def one_object_prompts() -> list[str]:
+    return [phrase(c, s) for c in sorted(COLOURS) for s in SHAPES]
+
+
+def two_object_prompts() -> list[str]:
+    """Pairs with a shared colour, a shared shape, and neither."""
+    return ["a red circle and a blue square", "a green triangle and a yellow circle",
+            "a red circle and a red square", "a blue triangle and a blue circle",
+            "a yellow square and a green square", "a red triangle and a blue triangle"]
+
+
+def quality_cases() -> list[Case]:
+    """Every one- and two-object prompt without a negative."""
+    return [Case("plain", p) for p in one_object_prompts() + two_object_prompts()]
+
+
+def negative_cases() -> list[Case]:
+    """For every object: its companion as the negative, and the contradiction case."""
+    cases = []
+    for obj, companion in COMPANIONS.items():
+        prompt = phrase(*obj)
+        cases.append(Case(_overlap_kind(obj, companion), prompt, f"{companion[0]} {companion[1]}"))
+    for obj, companion in COMPANIONS.items():
+        if obj[0] == companion[0]:
+            cases.append(Case("attribute", phrase(*obj), obj[0]))
+        elif obj[1] == companion[1]:
+            cases.append(Case("attribute", phrase(*obj), obj[1]))
+    cases += [Case("contradiction", phrase(*obj), f"{obj[0]} {obj[1]}") for obj in list(COMPANIONS)[:4]]
+    return cases

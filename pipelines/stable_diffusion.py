@@ -1,0 +1,211 @@
+"""Stable Diffusion 1.x / 2.x with negguide's guidance modules.
+
+Importable as ``negguide.pipelines.stable_diffusion``, and loadable on its own as a diffusers custom
+pipeline::
+
+    DiffusionPipeline.from_pretrained(folder, custom_pipeline="<repo>/pipelines/stable_diffusion.py",
+                                      trust_remote_code=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+
+from negguide.branches import CallInfo, TextKey
+from negguide.core import Fields, Guide, embeds_conditions
+from negguide.modules.resolve import GuidanceArg
+
+
+class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
+    """diffusers' `StableDiffusionPipeline` with one more call argument, ``guidance=``.
+
+    Build it like the stock pipeline (``from_pretrained``, ``from_single_file``) or convert a loaded one
+    without copying weights: ``StableDiffusionNegGuidePipeline.from_pipe(stock_pipe)``.
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        guidance_rescale: float = 0.0,
+        clip_skip: int | None = None,
+        callback_on_step_end: Callable[..., dict] | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        guidance: GuidanceArg = None,
+    ) -> StableDiffusionPipelineOutput | tuple:
+        r"""Generate images; the arguments are diffusers' `StableDiffusionPipeline.__call__` arguments, plus:
+
+        Args:
+            guidance (`GuidanceModule`, `str`, or a list of them, *optional*):
+                How negatives act: a combiner such as ``NegativePrompts([Negative("blurry", start=0.2)])``,
+                any number of patchers, or a registry name (``"negative_prompts"``) that builds the module from
+                ``negative_prompt``. ``None`` is diffusers' standard guidance, output for output.
+
+        Differences from the stock pipeline:
+
+        * a single string ``negative_prompt`` serves a list of prompts;
+        * ``clip_skip`` applies to every text (diffusers applies it to the prompt only);
+        * ``prompt_embeds`` in ``callback_on_step_end`` holds the text rows of the step's batch, in batch
+          order, as in diffusers; embeddings a callback returns are not used (each step's batch is rebuilt
+          from its branches), while ``latents`` and ``pipe._guidance_scale`` changes are honoured;
+        * IP-Adapter inputs are not supported.
+
+        Returns:
+            `StableDiffusionPipelineOutput` or ``(images, nsfw_content_detected)``.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
+
+        if not height or not width:
+            sample_size = self.unet.config.sample_size
+            size = (sample_size, sample_size) if self._is_unet_config_sample_size_int else tuple(sample_size)
+            height, width = size[0] * self.vae_scale_factor, size[1] * self.vae_scale_factor
+        self.check_inputs(
+            prompt,
+            height,
+            width,
+            None,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            None,
+            None,
+            callback_on_step_end_tensor_inputs,
+        )
+        self._guidance_scale = guidance_scale
+        self._guidance_rescale = guidance_rescale
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
+        device = self._execution_device
+        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
+
+        call = CallInfo.from_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt)
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device, timesteps, sigmas
+        )
+        guide = Guide(
+            guidance,
+            call=call,
+            timesteps=timesteps.tolist(),
+            encode=self._text_encoding(device),
+            given=self._given_conditions(prompt_embeds, negative_prompt_embeds, device, dtype),
+            negative_prompt=negative_prompt,
+            guidance_rescale=guidance_rescale,
+        )
+        guide.prefetch(self.do_classifier_free_guidance)
+
+        latents = self.prepare_latents(
+            call.num_images, self.unet.config.in_channels, height, width, dtype, device, generator, latents
+        )
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        timestep_cond = None
+        if self.unet.config.time_cond_proj_dim is not None:
+            timestep_cond = self.get_guidance_scale_embedding(
+                torch.tensor([self.guidance_scale - 1]), embedding_dim=self.unet.config.time_cond_proj_dim
+            ).to(device=device, dtype=latents.dtype)
+
+        num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
+        self._num_timesteps = len(timesteps)
+        with guide.patch(self.unet), self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                guided = self.do_classifier_free_guidance
+                noise_pred = guide.predict(i, latents, self._denoiser(t, timestep_cond), self.guidance_scale, guided)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    tensors = self._callback_tensors(callback_on_step_end_tensor_inputs, latents, guide, i, guided)
+                    latents = callback_on_step_end(self, i, t, tensors).pop("latents", latents)
+
+                if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
+                    progress_bar.update()
+
+        if output_type == "latent":
+            image, has_nsfw_concept = latents, None
+        else:
+            image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+            image, has_nsfw_concept = self.run_safety_checker(image, device, dtype)
+        do_denormalize = [True] * len(image) if has_nsfw_concept is None else [not nsfw for nsfw in has_nsfw_concept]
+        image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=do_denormalize)
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return image, has_nsfw_concept
+        return StableDiffusionPipelineOutput(images=image, nsfw_content_detected=has_nsfw_concept)
+
+    def _text_encoding(self, device: torch.device) -> Callable[[list[str]], Fields]:
+        """The call's text encoder: diffusers' `encode_prompt` (textual inversion, LoRA scale, clip_skip)."""
+        lora_scale = (self.cross_attention_kwargs or {}).get("scale")
+
+        def encode(texts: list[str]) -> Fields:
+            embeds, _ = self.encode_prompt(texts, device, 1, False, lora_scale=lora_scale, clip_skip=self.clip_skip)
+            return {"encoder_hidden_states": embeds}
+
+        return encode
+
+    @staticmethod
+    def _given_conditions(
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> dict[TextKey, Fields]:
+        given: dict[TextKey, Fields] = {}
+        for source, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None:
+                given.update(embeds_conditions(source, encoder_hidden_states=embeds.to(device=device, dtype=dtype)))
+        return given
+
+    def _denoiser(
+        self, t: torch.Tensor, timestep_cond: torch.Tensor | None
+    ) -> Callable[[torch.Tensor, Fields], torch.Tensor]:
+        """The UNet at timestep ``t``, for any number of rows."""
+
+        def denoise(rows: torch.Tensor, fields: Fields) -> torch.Tensor:
+            return self.unet(
+                self.scheduler.scale_model_input(rows, t),
+                t,
+                encoder_hidden_states=fields["encoder_hidden_states"],
+                timestep_cond=None if timestep_cond is None else timestep_cond.expand(len(rows), -1),
+                cross_attention_kwargs=self.cross_attention_kwargs,
+                return_dict=False,
+            )[0]
+
+        return denoise
+
+    def _callback_tensors(
+        self, names: list[str], latents: torch.Tensor, guide: Guide, index: int, guided: bool
+    ) -> dict[str, torch.Tensor | None]:
+        fields, others = guide.callback_fields(index, guided)
+        available = {
+            "latents": latents,
+            "prompt_embeds": fields["encoder_hidden_states"],
+            "negative_prompt_embeds": None if others is None else others["encoder_hidden_states"],
+        }
+        return {name: available[name] for name in names}
