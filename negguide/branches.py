@@ -30,8 +30,23 @@ class EmbedsRef:
     index: int
 
 
-TextKey = str | EmbedsRef
-"""A text condition: a string for the text encoder, or a reference to caller-given embeddings."""
+@dataclass(frozen=True)
+class Blend:
+    """A weighted sum of the encodings of several texts, field by field: ``sum_i w_i * encode(text_i)``.
+
+    Perp-Neg's view-dependent prompting conditions on such a mix, ``r * E_front + (1 - r) * E_side``
+    (Armandpour et al., arXiv 2304.04968). Each text is encoded once per call, like any other.
+
+    Args:
+        parts (`tuple[tuple[str, float], ...]`): ``(text, weight)`` pairs.
+    """
+
+    parts: tuple[tuple[str, float], ...]
+
+
+TextKey = str | EmbedsRef | Blend
+"""A text condition: a string for the text encoder, a reference to caller-given embeddings, or a blend of
+the encodings of several texts."""
 
 
 @dataclass(frozen=True)

@@ -22,3 +22,14 @@ def unit_interval(value: object, name: str) -> float:
     if not 0.0 <= number <= 1.0:
         raise ValueError(f"`{name}` must lie in [0, 1], got {number}.")
     return number
+
+
+def positive_int_or_none(value: object, name: str) -> int | None:
+    """``value`` when it is ``None`` or an int >= 1; TypeError or ValueError naming ``name`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int or None, got {type(value).__name__} {value!r}.")
+    if value < 1:
+        raise ValueError(f"`{name}` must be at least 1 (or None), got {value}.")
+    return value

@@ -18,10 +18,10 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from negguide import functional as F
-from negguide.branches import COND, Branch, CallInfo, EmbedsRef, Step, TextKey
+from negguide.branches import COND, Blend, Branch, CallInfo, EmbedsRef, Step, TextKey
 from negguide.checks import unit_interval
 from negguide.layout import BatchLayout, ExtraRow
-from negguide.modules.base import PatchState
+from negguide.modules.base import PatchContext, PatchState
 from negguide.modules.resolve import GuidanceArg, resolve_guidance
 
 Fields = dict[str, torch.Tensor]
@@ -48,13 +48,16 @@ class ConditionTable:
         self._rows: dict[TextKey, Fields] = dict(given or {})
 
     def prefetch(self, keys: Iterable[TextKey]) -> None:
-        """Encode, in one call, the texts among ``keys`` not encoded yet."""
-        texts = [key for key in dict.fromkeys(keys) if isinstance(key, str) and key not in self._rows]
-        if not texts:
-            return
-        encoded = self._encode(texts)
-        for i, text in enumerate(texts):
-            self._rows[text] = {name: t[i : i + 1] for name, t in encoded.items()}
+        """Encode, in one call, the texts among ``keys`` (and inside their blends) not encoded yet."""
+        keys = list(dict.fromkeys(keys))
+        texts = list(dict.fromkeys(text for key in keys for text in _texts(key) if text not in self._rows))
+        if texts:
+            encoded = self._encode(texts)
+            for i, text in enumerate(texts):
+                self._rows[text] = {name: t[i : i + 1] for name, t in encoded.items()}
+        for key in keys:
+            if isinstance(key, Blend) and key not in self._rows:
+                self._rows[key] = _blend([(self._rows[text], weight) for text, weight in key.parts])
 
     def rows(self, keys: Sequence[TextKey]) -> Fields:
         """The fields of ``keys``, stacked row by row."""
@@ -151,10 +154,15 @@ class Guide:
         return fields, {name: t[others] for name, t in fields.items()}
 
     @contextmanager
-    def patch(self, model: torch.nn.Module) -> Iterator[Guide]:
-        """Install every patcher on ``model`` for the duration of the block; always removed on exit."""
+    def patch(self, model: torch.nn.Module, context: PatchContext | None = None) -> Iterator[Guide]:
+        """Install every patcher on ``model`` for the duration of the block; always removed on exit.
+
+        ``context`` is what the pipeline lends its patchers (see `PatchContext`); none by default. Enter the
+        block before any network evaluation of the call, so that a patcher's errors cost nothing.
+        """
+        context = context or PatchContext()
         with ExitStack() as stack:
-            self._states = [stack.enter_context(patcher.patch(model, self.call)) for patcher in self.patchers]
+            self._states = [stack.enter_context(patcher.patch(model, self.call, context)) for patcher in self.patchers]
             try:
                 yield self
             finally:
@@ -195,6 +203,20 @@ class Guide:
                 state.before_forward(step, layout[chunk])
             outputs.append(denoise(rows[chunk], {name: t[chunk] for name, t in fields.items()}))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def _texts(key: TextKey) -> tuple[str, ...]:
+    """The texts the encoder must see for ``key``."""
+    if isinstance(key, str):
+        return (key,)
+    if isinstance(key, Blend):
+        return tuple(text for text, _ in key.parts)
+    return ()
+
+
+def _blend(parts: Sequence[tuple[Fields, float]]) -> Fields:
+    """``sum_i w_i * fields_i``, field by field."""
+    return {name: sum(weight * fields[name] for fields, weight in parts) for name in parts[0][0]}
 
 
 def _latent_parts(latents: torch.Tensor, branch: str, extra: Sequence[ExtraRow]) -> list[torch.Tensor]:

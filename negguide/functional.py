@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
+from negguide.checks import positive_int_or_none
+
 
 def _sample_dims(x: torch.Tensor) -> list[int]:
     """All dimensions but the batch dimension."""
@@ -68,40 +70,93 @@ def rescale_noise_cfg(guided: torch.Tensor, cond: torch.Tensor, guidance_rescale
     return guidance_rescale * rescaled + (1 - guidance_rescale) * guided
 
 
-def perpendicular(delta: torch.Tensor, direction: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+PERP_NEG_WEIGHT_MODES = ("s*w", "w")
+"""How Perp-Neg's negative weights scale: ``"s*w"`` multiplies them by the guidance scale (the paper and every
+public implementation), ``"w"`` applies them as they are."""
+
+
+def _check_patch_size(patch_size: int | None, x: torch.Tensor) -> None:
+    if positive_int_or_none(patch_size, "patch_size") is not None and x.ndim != 4:
+        raise ValueError(
+            f"`patch_size` needs latents of shape (B, C, H, W), got shape {tuple(x.shape)}; use patch_size=None "
+            "(one projection per sample) for other layouts."
+        )
+
+
+def _patch_sums(x: torch.Tensor, patch_size: int | None) -> torch.Tensor:
+    """Sums of ``x`` over each sample (``patch_size=None``, shape ``(B, 1, ...)``) or over the channels and
+    each ``k x k`` patch of positions (``(B, C, H, W)`` -> ``(B, 1, H, W)``, every position holding its
+    patch's sum; edge patches are cut short)."""
+    if patch_size is None:
+        return x.sum(dim=_sample_dims(x), keepdim=True)
+    k = patch_size
+    b, _, h, w = x.shape
+    summed = torch.nn.functional.pad(x.sum(dim=1), (0, -w % k, 0, -h % k))  # (B, H', W'), multiples of k
+    patches = summed.reshape(b, summed.shape[1] // k, k, summed.shape[2] // k, k).sum(dim=(2, 4))
+    return patches.repeat_interleave(k, dim=1).repeat_interleave(k, dim=2)[:, None, :h, :w]
+
+
+def perpendicular(
+    delta: torch.Tensor, direction: torch.Tensor, eps: float = 1e-6, patch_size: int | None = None
+) -> torch.Tensor:
     r"""The part of ``delta`` perpendicular to ``direction``, per sample, in fp32.
 
     ``perp(d, p) = d - (<d, p> / max(||p||^2, eps)) * p`` (Armandpour et al. 2023, arXiv 2304.04968).
     The norm floor ``eps`` keeps a zero ``direction`` finite: the whole ``delta`` is then perpendicular.
 
+    The paper takes the inner products over the whole sample. With ``patch_size=k`` they are taken over the
+    channels of each ``k x k`` patch of latent positions instead (``k=1``: each position on its own), so a
+    negative is projected out only where the positive points the same way *at that place*.
+
     Args:
         delta (`torch.Tensor`): ``d``, shape ``(B, ...)``.
         direction (`torch.Tensor`): ``p``, same shape.
-        eps (`float`, defaults to 1e-6): floor of ``||p||^2``.
+        eps (`float`, defaults to 1e-6): floor of ``||p||^2`` over a sample; a patch's floor is its share of
+            ``eps`` (``eps`` times its number of elements over the sample's).
+        patch_size (`int`, *optional*): ``None`` (the default) projects each sample as a whole; an int ``k``
+            projects each patch on its own and needs ``(B, C, H, W)`` tensors.
 
     Returns:
         `torch.Tensor`: fp32 tensor of ``delta``'s shape.
     """
+    _check_patch_size(patch_size, direction)
     d = delta.float()
     p = direction.float()
-    dims = _sample_dims(p)
-    dot = (d * p).sum(dim=dims, keepdim=True)
-    norm2 = (p * p).sum(dim=dims, keepdim=True).clamp_min(eps)
-    return d - (dot / norm2) * p
+    dot = _patch_sums(d * p, patch_size)
+    norm2 = _patch_sums(p * p, patch_size)
+    if patch_size is None:
+        return d - (dot / norm2.clamp_min(eps)) * p
+    floor = eps * _patch_sums(torch.ones_like(p[:1]), patch_size) / p[0].numel()  # each patch's share of eps
+    return d - (dot / torch.maximum(norm2, floor)) * p
+
+
+def _per_sample(weight: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """A float as it is; a ``(B,)`` tensor as fp32 ``(B, 1, ..., 1)`` to broadcast against ``like``."""
+    if not isinstance(weight, torch.Tensor):
+        return float(weight)
+    if weight.shape != like.shape[:1]:
+        raise ValueError(
+            f"a tensor weight must have shape ({like.shape[0]},), one per sample, got {tuple(weight.shape)}."
+        )
+    return weight.to(device=like.device, dtype=torch.float32).reshape(-1, *[1] * (like.ndim - 1))
 
 
 def perp_neg(
     uncond: torch.Tensor,
     cond: torch.Tensor,
     negatives: Sequence[torch.Tensor],
-    weights: Sequence[float],
+    weights: Sequence[float | torch.Tensor],
     guidance_scale: float,
     eps: float = 1e-6,
+    *,
+    weight_mode: str = "s*w",
+    patch_size: int | None = None,
 ) -> torch.Tensor:
     r"""Perp-Neg guidance (Armandpour et al. 2023, "Re-imagine the Negative Prompt Algorithm", arXiv 2304.04968).
 
     ``d_p = e_p - e_u``, ``d_i = e(n_i) - e_u``,
-    ``e = e_u + s * (d_p - sum_i w_i * perp(d_i, d_p))``.
+    ``e = e_u + s * (d_p - sum_i w_i * perp(d_i, d_p))`` (weight mode ``"s*w"``, the paper's), or
+    ``e = e_u + s * d_p - sum_i w_i * perp(d_i, d_p)`` (weight mode ``"w"``: the weights do not grow with ``s``).
     Each negative is projected against the positive on its own (negatives are not orthogonalised against
     each other), per sample, in fp32; the result has ``cond``'s dtype.
 
@@ -109,15 +164,22 @@ def perp_neg(
         uncond (`torch.Tensor`): ``e_u``, the empty prompt's prediction, shape ``(B, ...)``.
         cond (`torch.Tensor`): ``e_p``, same shape.
         negatives (`Sequence[torch.Tensor]`): ``e(n_i)``, same shape each.
-        weights (`Sequence[float]`): ``w_i``, one per negative.
+        weights (`Sequence[float | torch.Tensor]`): ``w_i``, one per negative: a float, or a ``(B,)`` tensor
+            with one weight per sample (e.g. view-dependent weights in score distillation).
         guidance_scale (`float`): ``s``.
         eps (`float`, defaults to 1e-6): norm floor of the projection, see `perpendicular`.
+        weight_mode (`str`, defaults to ``"s*w"``): ``"s*w"`` or ``"w"``, see above.
+        patch_size (`int`, *optional*): where the projection is taken, see `perpendicular`.
     """
     if len(negatives) != len(weights):
         raise ValueError(f"perp_neg needs one weight per negative, got {len(negatives)} and {len(weights)}.")
+    if weight_mode not in PERP_NEG_WEIGHT_MODES:
+        raise ValueError(f"`weight_mode` must be one of {PERP_NEG_WEIGHT_MODES}, got {weight_mode!r}.")
     e_u = uncond.float()
     d_p = cond.float() - e_u
     push = torch.zeros_like(d_p)
     for negative, weight in zip(negatives, weights):
-        push = push + weight * perpendicular(negative.float() - e_u, d_p, eps)
+        push = push + _per_sample(weight, d_p) * perpendicular(negative.float() - e_u, d_p, eps, patch_size)
+    if weight_mode == "w":
+        return (e_u + guidance_scale * d_p - push).to(cond.dtype)
     return (e_u + guidance_scale * (d_p - push)).to(cond.dtype)

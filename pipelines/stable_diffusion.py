@@ -12,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import PIL.Image
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 
-from negguide.branches import CallInfo, TextKey
+from negguide.branches import CallInfo, Step, TextKey
 from negguide.core import Fields, Guide, embeds_conditions
+from negguide.modules.base import PatchContext
 from negguide.modules.resolve import GuidanceArg
 
 
@@ -117,7 +119,6 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
             negative_prompt=negative_prompt,
             guidance_rescale=guidance_rescale,
         )
-        guide.prefetch(self.do_classifier_free_guidance)
 
         latents = self.prepare_latents(
             call.num_images, self.unet.config.in_channels, height, width, dtype, device, generator, latents
@@ -131,7 +132,9 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
 
         num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
         self._num_timesteps = len(timesteps)
-        with guide.patch(self.unet), self.progress_bar(total=num_inference_steps) as progress_bar:
+        context = self._patch_context(latents.shape[1:], height, width, timesteps)
+        with guide.patch(self.unet, context), self.progress_bar(total=num_inference_steps) as progress_bar:
+            guide.prefetch(self.do_classifier_free_guidance)
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -181,6 +184,22 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
             if embeds is not None:
                 given.update(embeds_conditions(source, encoder_hidden_states=embeds.to(device=device, dtype=dtype)))
         return given
+
+    def _patch_context(
+        self, latent_shape: tuple[int, ...], height: int, width: int, timesteps: torch.Tensor
+    ) -> PatchContext:
+        """What the patchers may use: the latent shape, the VAE encoder and the scheduler's noising."""
+
+        def encode_image(image: PIL.Image.Image) -> torch.Tensor:
+            pixels = self.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
+            pixels = pixels.to(device=self._execution_device, dtype=self.vae.dtype)
+            latents = self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor
+            return latents[0].to(self.unet.dtype)
+
+        def add_noise(latents: torch.Tensor, noise: torch.Tensor, step: Step) -> torch.Tensor:
+            return self.scheduler.add_noise(latents, noise, timesteps[step.index : step.index + 1])
+
+        return PatchContext(tuple(latent_shape), encode_image, add_noise)
 
     def _denoiser(
         self, t: torch.Tensor, timestep_cond: torch.Tensor | None

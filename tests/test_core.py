@@ -123,7 +123,7 @@ class RecordingPatcher(Patcher):
     states: list[RecordingState] = field(default_factory=list, compare=False)
 
     @contextmanager
-    def patch(self, model, call):
+    def patch(self, model, call, context):
         state = RecordingState(self.add_rows)
         self.states.append(state)
         handle = model.register_forward_hook(lambda module, args, out: state.forward_rows.append(len(out)))

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
@@ -25,6 +26,7 @@ from negguide.branches import Branch, CallInfo, Step
 from negguide.layout import BatchLayout, ExtraRow
 
 if TYPE_CHECKING:
+    import PIL.Image
     from typing_extensions import Self
 
 M = TypeVar("M", bound="GuidanceModule")
@@ -90,6 +92,26 @@ class Combiner(GuidanceModule):
         """One prediction per image from ``preds`` (branch name -> ``(num_images, ...)`` tensor)."""
 
 
+@dataclass(frozen=True)
+class PatchContext:
+    """What a pipeline lends its patchers for one call, beside the prompts (`CallInfo`).
+
+    A field is ``None`` where the pipeline does not offer it; a patcher that needs it raises a ValueError.
+
+    Args:
+        latent_shape (`tuple[int, ...]`, *optional*): the shape of one image's latents, ``(C, H, W)``.
+        encode_image (*optional*): ``encode_image(image) -> latents``: a PIL image (any size or mode) as the clean
+            latents of one image of the call, ``(C, H, W)``, at the call's size, on the network's device and
+            dtype (the family's VAE encoding and latent scaling).
+        add_noise (*optional*): ``add_noise(latents, noise, step) -> noisy``: clean latents ``(N, C, H, W)``
+            noised to ``step``'s timestep by the scheduler's forward process, on the scale of the step's latents.
+    """
+
+    latent_shape: tuple[int, ...] | None = None
+    encode_image: Callable[[PIL.Image.Image], torch.Tensor] | None = None
+    add_noise: Callable[[torch.Tensor, torch.Tensor, Step], torch.Tensor] | None = None
+
+
 class PatchState:
     """Per-call state of a patcher, alive while its hooks are installed (see `Patcher.patch`)."""
 
@@ -105,11 +127,15 @@ class Patcher(GuidanceModule):
     """Changes the network while the denoising loop runs (token merging, attention guidance, ...)."""
 
     @abstractmethod
-    def patch(self, model: torch.nn.Module, call: CallInfo) -> AbstractContextManager[PatchState]:
+    def patch(
+        self, model: torch.nn.Module, call: CallInfo, context: PatchContext
+    ) -> AbstractContextManager[PatchState]:
         """Install hooks on this ``model`` instance and yield the state they read.
 
-        The context spans the whole denoising loop; hooks must be removed in ``finally`` so that an
-        exception leaves the model as it was. Nothing may be patched at class level.
+        The context is entered before any network evaluation of the call (so selection errors cost nothing)
+        and spans the whole denoising loop; hooks must be removed in ``finally`` so that an exception leaves
+        the model as it was. Nothing may be patched at class level. ``context`` holds what the pipeline
+        lends for the call (latent shape, image encoding, noising).
         """
 
 

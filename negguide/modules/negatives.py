@@ -85,12 +85,7 @@ class NegativePrompts(Combiner):
     guidance_rescale: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.negatives, (str, Negative)) or not isinstance(self.negatives, Sequence):
-            raise TypeError(
-                f"`negatives` must be a list of Negative or str, got {self.negatives!r}; wrap a single one in a "
-                "list, e.g. NegativePrompts(['blurry'])."
-            )
-        object.__setattr__(self, "negatives", tuple(_as_negative(item) for item in self.negatives))
+        object.__setattr__(self, "negatives", as_negatives(self.negatives, type(self).__name__))
         object.__setattr__(self, "guidance_rescale", unit_interval(self.guidance_rescale, "guidance_rescale"))
 
     def _active(self, step: Step) -> list[tuple[int, Negative]]:
@@ -114,6 +109,17 @@ class NegativePrompts(Combiner):
         else:
             negative = preds[UNCOND]
         return F.cfg(negative, preds[COND], guidance_scale)
+
+
+def as_negatives(items: object, owner: str) -> tuple[Negative, ...]:
+    """A module's ``negatives`` setting as a tuple of `Negative`: items may be `Negative`, ``str`` (a negative
+    with the default settings) or mappings of `Negative`'s settings. ``owner`` names the module in errors."""
+    if isinstance(items, (str, Negative)) or not isinstance(items, Sequence):
+        raise TypeError(
+            f"`negatives` must be a list of Negative or str, got {items!r}; wrap a single one in a list, e.g. "
+            f"{owner}(['blurry'])."
+        )
+    return tuple(_as_negative(item) for item in items)
 
 
 def _as_negative(item: Negative | str | Mapping) -> Negative:

@@ -1,0 +1,120 @@
+"""Shapes-world quality harness: what a guidance configuration draws, judged by the analytic detector.
+
+    python benchmarks/quality.py                      # the model's quality and the standard negative
+    python benchmarks/quality.py --seeds 64 --method standard --method 'perpneg:{"weight_mode": "w"}'
+
+Every case of the suite (``negguide.shapes.cases``) runs over ``--seeds`` seeds (one CPU generator per
+image, so an image does not depend on its batch neighbours), 64x64, ``--steps`` steps, CFG ``--scale``,
+on the embedded model unless ``--model`` names another. Two tables are printed:
+
+1. *Quality* (no negative): per prompt, the share of images holding every object the prompt names (right
+   colour and shape), the share with unnamed extra objects, and, for one-object prompts, how often the
+   prompt's frequent companion (``negguide.shapes.COMPANIONS``) appears.
+2. *Negatives*: per case and method, how often the negative's object is still present (``none`` is the
+   same prompt without a negative) and how often the prompted objects the negative does not name are kept.
+
+A method is ``none``, ``standard`` (the call's ``negative_prompt``), or a registered module name with
+optional JSON settings, ``NAME:{...}``, built from the case's negative with ``from_negative_prompt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+import negguide
+from negguide.metrics import judge, parse_phrase, parse_prompt, presence_rate
+from negguide.modules.base import registered
+from negguide.shapes import COMPANIONS, detect
+from negguide.shapes.cases import negative_cases, quality_cases
+
+
+def call_kwargs(method: str, negative: str | None) -> dict[str, Any]:
+    """The pipeline arguments that apply ``method`` with ``negative``."""
+    if method == "none" or negative is None:
+        return {}
+    if method == "standard":
+        return {"negative_prompt": negative}
+    name, _, settings = method.partition(":")
+    module = registered(name, "--method").from_negative_prompt(negative)
+    if settings:
+        module = dataclasses.replace(module, **json.loads(settings))
+    return {"guidance": module}
+
+
+def generate(pipe, prompt: str, seeds: Sequence[int], kwargs: dict[str, Any], args) -> list:
+    images = []
+    for begin in range(0, len(seeds), args.batch):
+        chunk = seeds[begin:begin + args.batch]
+        images += pipe([prompt] * len(chunk), generator=[torch.Generator().manual_seed(s) for s in chunk],
+                       num_inference_steps=args.steps, guidance_scale=args.scale, height=64, width=64,
+                       **kwargs).images
+    return images
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
+    parser.add_argument("--seeds", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--scale", type=float, default=7.5)
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--method", action="append", help="repeatable; default: standard")
+    parser.add_argument("--suite", choices=["all", "quality", "negatives"], default="all")
+    args = parser.parse_args()
+    methods = args.method or ["standard"]
+    torch.set_num_threads(args.threads)
+    pipe = negguide.load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    seeds = list(range(args.seeds))
+    cache: dict[tuple[str, str, str | None], list] = {}
+    started = time.perf_counter()
+
+    def detections(prompt: str, method: str, negative: str | None) -> list:
+        key = (prompt, method if negative else "none", negative)
+        if key not in cache:
+            images = generate(pipe, prompt, seeds, call_kwargs(method, negative), args)
+            cache[key] = [detect(image) for image in images]
+        return cache[key]
+
+    if args.suite in ("all", "quality"):
+        print(f"\n### Quality, no negative ({args.seeds} seeds, {args.steps} steps, CFG {args.scale})\n")
+        print("| prompt | named objects % | with extra objects % | companion | companion present % |")
+        print("|---|---|---|---|---|")
+        for case in quality_cases():
+            dets = detections(case.prompt, "none", None)
+            verdicts = [judge(d, case.prompt) for d in dets]
+            specs = parse_prompt(case.prompt)
+            companion = COMPANIONS.get((specs[0].colour, specs[0].shape)) if len(specs) == 1 else None
+            comp_text = f"{companion[0]} {companion[1]}" if companion else "-"
+            comp_rate = pct(presence_rate(dets, parse_phrase(comp_text))) if companion else "-"
+            print(f"| {case.prompt} | {pct(sum(v.named for v in verdicts) / len(verdicts))} | "
+                  f"{pct(sum(v.extra > 0 for v in verdicts) / len(verdicts))} | {comp_text} | {comp_rate} |")
+    if args.suite in ("all", "negatives"):
+        print(f"\n### Negatives ({args.seeds} seeds, {args.steps} steps, CFG {args.scale})\n")
+        print("| kind | prompt | negative | method | negative present % | prompted kept % | named objects % |")
+        print("|---|---|---|---|---|---|---|")
+        for case in negative_cases():
+            for method in ["none", *methods]:
+                dets = detections(case.prompt, method, case.negative)
+                verdicts = [judge(d, case.prompt, case.negative) for d in dets]
+                n = len(verdicts)
+                print(f"| {case.kind} | {case.prompt} | {case.negative} | {method} | "
+                      f"{pct(sum(not v.negative_removed for v in verdicts) / n)} | "
+                      f"{pct(sum(v.kept for v in verdicts) / n)} | {pct(sum(v.named for v in verdicts) / n)} |")
+    print(f"\n{sum(len(v) for v in cache.values())} images in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Running a plan: pipeline calls, atomic PNG writes with metadata, the manifest, resume, grids, and the
+split of the work between the processes of an ``accelerate launch``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+import torch
+from accelerate import PartialState
+from diffusers import DiffusionPipeline
+from diffusers.utils import make_image_grid
+from tqdm.auto import tqdm
+
+from negguide.atomic import TEMP_PREFIX, TEMP_SUFFIX, remove_stale_temporaries
+from negguide.errors import InputError
+from negguide.generate.manifest import ManifestWriter, manifest_path, merge_manifest
+from negguide.generate.model import model_label
+from negguide.generate.names import GRIDS, IMAGES, grid_name
+from negguide.generate.plan import Batch, Job
+from negguide.metadata import infotext, is_complete_png, read_png_metadata, save_png
+
+
+def process_state(device: str | None) -> PartialState:
+    """The process's place in an ``accelerate launch`` (a single process otherwise).
+
+    On machines without CUDA, or with ``device="cpu"``, the processes join over CPU (gloo), e.g. with
+    ``accelerate launch --multi_gpu --num_processes 2 -m negguide generate ...``.
+    """
+    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != state.num_processes:
+        raise InputError(
+            f"`--device`: launched as {launched} processes but only {state.num_processes} joined; on the CPU use "
+            "`--device cpu` (each process would otherwise make every image)."
+        )
+    return state
+
+
+def prepare_output(out: Path) -> None:
+    """Create the output folders and check that files can be written there; InputError otherwise."""
+    try:
+        for folder in (out, out / IMAGES, out / GRIDS):
+            folder.mkdir(parents=True, exist_ok=True)
+        probe = out / IMAGES / f"{TEMP_PREFIX}probe-{os.getpid()}{TEMP_SUFFIX}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise InputError(f"`--out`: cannot write to {out}: {error.strerror or error}.") from None
+
+
+def remove_temporaries(out: Path) -> list[Path]:
+    """Delete the temporary files that killed runs left in the output folders."""
+    return [path for folder in (out, out / IMAGES, out / GRIDS) for path in remove_stale_temporaries(folder)]
+
+
+def finished(out: Path, jobs: Sequence[Job]) -> set[str]:
+    """The files of ``jobs`` that exist complete in ``out``.
+
+    Raises:
+        InputError: some existing files were made with other settings (another model, steps, ...).
+    """
+    done: set[str] = set()
+    conflicts: list[str] = []
+    for job in jobs:
+        path = out / job.file
+        if not is_complete_png(path):
+            continue
+        try:
+            recorded = (read_png_metadata(path)[1] or {}).get("job", {})
+        except (OSError, ValueError):
+            recorded = {}
+        expected = job.generation()
+        if isinstance(recorded, dict) and {key: recorded.get(key) for key in expected} == expected:
+            done.add(job.file)
+        else:
+            conflicts.append(job.file)
+    if conflicts:
+        raise InputError(
+            f"`--out`: {len(conflicts)} image(s) in {out} were made with other settings, e.g. {conflicts[0]}; "
+            "choose another --out or delete them."
+        )
+    return done
+
+
+def generate_images(pipe: DiffusionPipeline, batch: Batch) -> list[PIL.Image.Image]:
+    """The images of ``batch``, in its job order, from one pipeline call with one generator per image."""
+    job = batch.groups[0][0]
+    return pipe(
+        prompt=[group[0].prompt for group in batch.groups],
+        negative_prompt=[group[0].negative_prompt for group in batch.groups],
+        num_images_per_prompt=len(batch.groups[0]),
+        guidance=batch.guidance(),
+        num_inference_steps=job.steps,
+        guidance_scale=job.guidance_scale,
+        guidance_rescale=job.guidance_rescale,
+        width=job.width,
+        height=job.height,
+        generator=batch.generators(),
+        output_type="pil",
+    ).images
+
+
+def save_image(out: Path, image: PIL.Image.Image, batch: Batch, position: int) -> Path:
+    """Write image ``position`` of ``batch`` atomically, with its ``parameters`` and ``negguide`` chunks."""
+    job = batch.jobs[position]
+    config = {"version": _version(), "job": job.record(), "batch": {"index": position, "layout": batch.layout()}}
+    return save_png(
+        image, out / job.file, infotext(job.prompt, job.negative_prompt, _params(job, batch, position)), config
+    )
+
+
+def run_batches(
+    pipe: DiffusionPipeline, batches: Sequence[Batch], out: Path, state: PartialState, done: set[str]
+) -> int:
+    """Make the images of ``batches`` not in ``done``; this process takes its share of the pending calls.
+
+    A call with some images done is run whole, so that every image comes from the same call as in an
+    uninterrupted run. Returns the number of images this process wrote.
+    """
+    pending = [batch for batch in batches if any(job.file not in done for job in batch.jobs)]
+    writer = ManifestWriter(manifest_path(out, state.process_index, state.num_processes))
+    written = 0
+    with state.split_between_processes(pending) as share:
+        total = sum(job.file not in done for batch in share for job in batch.jobs)
+        with tqdm(total=total, unit="img", desc="generate", disable=not state.is_main_process) as progress:
+            for batch in share:
+                for position, image in enumerate(generate_images(pipe, batch)):
+                    job = batch.jobs[position]
+                    if job.file in done:
+                        continue
+                    save_image(out, image, batch, position)
+                    writer.append(job.record())
+                    written += 1
+                    progress.update()
+    return written
+
+
+def finish(out: Path, jobs: Sequence[Job], grids: bool) -> tuple[int, int, int]:
+    """Merge the manifest and, with ``grids``, write the item grids that are missing or older than their
+    images. Returns the number of complete images, the manifest's line count and the number of grids written."""
+    records = [job.record() for job in jobs if is_complete_png(out / job.file)]
+    lines = merge_manifest(out, records)
+    return len(records), lines, (make_grids(out, jobs) if grids else 0)
+
+
+def make_grids(out: Path, jobs: Sequence[Job]) -> int:
+    """One grid per item (a row per method, a column per seed) with `diffusers.utils.make_image_grid`."""
+    by_item: dict[int, list[Job]] = {}
+    for job in jobs:
+        by_item.setdefault(job.item, []).append(job)
+    written = 0
+    for item, members in by_item.items():
+        paths = [out / job.file for job in members]
+        if not all(is_complete_png(path) for path in paths):
+            continue
+        target = out / grid_name(item, members[0].prompt)
+        if target.exists() and target.stat().st_mtime >= max(path.stat().st_mtime for path in paths):
+            continue
+        methods = list(dict.fromkeys(job.method for job in members))
+        images = []
+        for path in paths:
+            with PIL.Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        grid = make_image_grid(images, rows=len(methods), cols=len(members) // len(methods))
+        layout = {"rows": methods, "columns": [job.seed for job in members[: len(members) // len(methods)]]}
+        save_png(grid, target, config={"grid": {**layout, "item": item, "files": [job.file for job in members]}})
+        written += 1
+    return written
+
+
+def _params(job: Job, batch: Batch, position: int) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "Steps": job.steps,
+        "Sampler": job.sampler,
+        "CFG scale": job.guidance_scale,
+        "Seed": job.seed,
+        "Size": f"{job.width}x{job.height}",
+        "Model": model_label(job.model),
+        "Batch size": len(batch.jobs),
+        "Batch pos": position,
+        "Negative guidance": "+".join(module["name"] for module in job.guidance),
+    }
+    for module in job.guidance:
+        params.update({f"{module['name']} {key}": value for key, value in module.items() if key != "name"})
+    if job.guidance_rescale:
+        params["Guidance rescale"] = job.guidance_rescale
+    params["Version"] = f"negguide {_version()}"
+    return params
+
+
+def _version() -> str:
+    try:
+        return version("negguide")
+    except PackageNotFoundError:
+        return "unknown"
