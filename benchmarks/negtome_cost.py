@@ -2,15 +2,18 @@
 
     python benchmarks/negtome_cost.py                          # the embedded shapes-world model
     python benchmarks/negtome_cost.py --model /path/to/model   # another diffusers folder
-    python benchmarks/negtome_cost.py --sd15 --steps 5         # an SD 1.5 sized UNet, random weights, 512x512
+    python benchmarks/negtome_cost.py --sd15                   # an SD 1.5 sized UNet, random weights, 512x512
 
 The embedded model runs at its default settings (64x64, 20 steps, CFG 7.5) with 4 images of one prompt.
-``--sd15`` builds a UNet with Stable Diffusion 1.5's configuration (860M parameters) and random weights, with a
+``--sd15`` builds a UNet with Stable Diffusion 1.5's configuration (860M parameters) and random weights, a
 one-layer text encoder and a small VAE (only its scale factor is used: the runs stop at the latents), and
-makes 512x512 images, ``--images`` of one prompt. Each variant (no NegToMe, NegToMe anchored on the first
-image, NegToMe with the nearest other image) runs once to warm up, then ``--runs`` times, the variants
-alternating; the table holds the median seconds per call and the ratio to the run without NegToMe. NegToMe
-acts in its default window, the first fifth of the steps, as in the paper (SDXL: timesteps 1000 -> 800).
+makes 512x512 images; by default 2 images, one step, no CFG (CFG doubles every row alike), so that a CPU
+can afford it. Each variant (no NegToMe, NegToMe anchored on the first image, NegToMe with the nearest
+other image) runs once to warm up, then ``--runs`` times, the variants alternating. The table holds the
+median wall-clock and CPU seconds per call, their ratios to the run without NegToMe, and the CPU ratio
+projected to a run of which a fifth of the steps lie in NegToMe's window (its default, the paper's SDXL
+window of timesteps 1000 -> 800): ``1 + (ratio - 1) * 0.2 / (share of this run's steps in the window)``.
+CPU time is the steadier measure on a shared machine.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 import negguide
 from negguide import NegToMe
+from negguide.branches import Step
 from negguide.pipelines import StableDiffusionNegGuidePipeline
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tokenizer"
@@ -73,31 +77,28 @@ def sd15_pipeline() -> StableDiffusionNegGuidePipeline:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
-    parser.add_argument("--sd15", action="store_true", help="an SD 1.5 sized UNet with random weights, 512x512")
-    parser.add_argument("--steps", type=int, default=None, help="default: 20 (embedded model), 5 (--sd15)")
-    parser.add_argument(
-        "--images", type=int, default=None, help="images of the prompt; default 4 (embedded), 2 (--sd15)"
-    )
+    parser.add_argument("--sd15", action="store_true", help="an SD 1.5 sized UNet with random weights")
+    parser.add_argument("--size", type=int, default=None, help="image side; default 64, or 512 with --sd15")
+    parser.add_argument("--steps", type=int, default=None, help="default 20, or 1 with --sd15")
+    parser.add_argument("--images", type=int, default=None, help="images of the prompt; default 4, or 2 with --sd15")
+    parser.add_argument("--scale", type=float, default=None, help="CFG scale; default 7.5, or 1 with --sd15")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    if args.sd15:
-        pipe, size, steps, images = sd15_pipeline(), 512, args.steps or 5, args.images or 2
-    else:
-        pipe, size, steps, images = (
-            negguide.load_pipeline(args.model, device="cpu"),
-            64,
-            args.steps or 20,
-            args.images or 4,
-        )
+    defaults = (512, 1, 2, 1.0) if args.sd15 else (64, 20, 4, 7.5)
+    size, steps, images, scale = (
+        given if given is not None else default
+        for given, default in zip((args.size, args.steps, args.images, args.scale), defaults)
+    )
+    pipe = sd15_pipeline() if args.sd15 else negguide.load_pipeline(args.model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     call = {
         "prompt": PROMPT,
         "num_images_per_prompt": images,
         "num_inference_steps": steps,
-        "guidance_scale": 7.5,
+        "guidance_scale": scale,
         "height": size,
         "width": size,
         "output_type": "latent",
@@ -108,31 +109,33 @@ def main() -> None:
         "NegToMe, anchor nearest": NegToMe(anchor="nearest"),
     }
 
-    def timed(name: str) -> float:
+    def timed(name: str) -> tuple[float, float]:
         generator = [torch.Generator().manual_seed(seed) for seed in range(images)]
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         pipe(**call, guidance=variants[name], generator=generator)
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu
 
     for name in variants:
         timed(name)
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for _ in range(args.runs):
         for name in variants:
             times[name].append(timed(name))
 
     parameters = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
-    active = sum(NegToMe().start <= i / steps < NegToMe().stop for i in range(steps))
+    active = sum(NegToMe().is_active(Step(i, steps, 0.0)) for i in range(steps))
     print(
-        f"UNet {parameters:.0f}M parameters, {size}x{size}, {images} images of one prompt, {steps} steps ({active} with "
-        f"NegToMe), CFG 7.5, {args.threads} thread(s), median of {args.runs} alternating runs after warm-up\n"
+        f"UNet {parameters:.0f}M parameters, {size}x{size}, {images} images of one prompt, {steps} steps ({active} "
+        f"in NegToMe's window), CFG {scale}, {args.threads} thread(s), median of {args.runs} alternating runs after "
+        "warm-up\n"
     )
-    print("| run | median s/call | ratio |")
-    print("|---|---|---|")
-    baseline = statistics.median(times["without NegToMe"])
+    print("| run | wall s/call | wall ratio | CPU s/call | CPU ratio | CPU ratio, a fifth of the steps in the window |")
+    print("|---|---|---|---|---|---|")
+    base_wall, base_cpu = (statistics.median(values) for values in zip(*times["without NegToMe"]))
     for name, values in times.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median:.3f} | {median / baseline:.3f} |")
+        wall, cpu = (statistics.median(column) for column in zip(*values))
+        projected = 1 + (cpu / base_cpu - 1) * 0.2 * steps / active
+        print(f"| {name} | {wall:.3f} | {wall / base_wall:.3f} | {cpu:.3f} | {cpu / base_cpu:.3f} | {projected:.3f} |")
 
 
 if __name__ == "__main__":

@@ -51,17 +51,19 @@ def batch_prompts(count: int) -> list[str]:
     return [prompts[i % len(prompts)] for i in range(count)]
 
 
-def generate(pipe, prompt: str, seeds: Sequence[int], guidance, args) -> list[PIL.Image.Image]:
-    return pipe(
-        prompt,
-        num_images_per_prompt=len(seeds),
-        generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+def generate(pipe, prompts: Sequence[str], images: int, first_seed: int, guidance, args) -> list[list[PIL.Image.Image]]:
+    """``images`` images of each prompt, in one call, seeds counting up from ``first_seed``; one list per prompt."""
+    out = pipe(
+        list(prompts),
+        num_images_per_prompt=images,
+        generator=[torch.Generator().manual_seed(first_seed + i) for i in range(len(prompts) * images)],
         num_inference_steps=args.steps,
         guidance_scale=args.scale,
         height=SIZE,
         width=SIZE,
         guidance=guidance,
     ).images
+    return [out[i : i + images] for i in range(0, len(out), images)]
 
 
 def adherence(images: Sequence[PIL.Image.Image], prompt: str) -> float:
@@ -82,28 +84,38 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--stop", type=float, default=0.2)
+    parser.add_argument("--per-call", type=int, default=6, help="batches per pipeline call in batch mode")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = negguide.load_pipeline(args.model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     settings = {"alpha": args.alpha, "threshold": args.threshold, "stop": args.stop}
-    methods = {
-        "without NegToMe": lambda prompt: None,
-        "NegToMe, anchor first": lambda prompt: NegToMe(**settings),
-        "NegToMe, anchor nearest": lambda prompt: NegToMe(anchor="nearest", **settings),
-        "NegToMe, reference": lambda prompt: NegToMe(mode="reference", reference=reference_for(prompt), **settings),
+    batch_methods = {
+        "without NegToMe": None,
+        "NegToMe, anchor first": NegToMe(**settings),
+        "NegToMe, anchor nearest": NegToMe(anchor="nearest", **settings),
     }
-    scores: dict[str, dict[str, list[float]]] = {name: {"div": [], "sim": [], "named": []} for name in methods}
+    reference_method = "NegToMe, reference"
+    scores = {name: {"div": [], "sim": [], "named": []} for name in [*batch_methods, reference_method]}
+
+    def score(name: str, images: Sequence[PIL.Image.Image], prompt: str) -> None:
+        scores[name]["div"].append(batch_diversity(images))
+        scores[name]["sim"].append(statistics.fmean(similarity(image, reference_for(prompt)) for image in images))
+        scores[name]["named"].append(adherence(images, prompt))
+
+    prompts = batch_prompts(args.batches)
     started = time.perf_counter()
-    for index, prompt in enumerate(batch_prompts(args.batches)):
-        seeds = [index * args.images + i for i in range(args.images)]
-        reference = reference_for(prompt)
-        for name, build in methods.items():
-            images = generate(pipe, prompt, seeds, build(prompt), args)
-            scores[name]["div"].append(batch_diversity(images))
-            scores[name]["sim"].append(statistics.fmean(similarity(image, reference) for image in images))
-            scores[name]["named"].append(adherence(images, prompt))
+    for begin in range(0, len(prompts), args.per_call):
+        chunk = prompts[begin : begin + args.per_call]
+        first_seed = begin * args.images
+        for name, guidance in batch_methods.items():
+            for prompt, images in zip(chunk, generate(pipe, chunk, args.images, first_seed, guidance, args)):
+                score(name, images, prompt)
+        for offset, prompt in enumerate(chunk):
+            module = NegToMe(mode="reference", reference=reference_for(prompt), **settings)
+            (images,) = generate(pipe, [prompt], args.images, first_seed + offset * args.images, module, args)
+            score(reference_method, images, prompt)
 
     def mean(name: str, key: str) -> float:
         return statistics.fmean(scores[name][key])
@@ -117,7 +129,7 @@ def main() -> None:
     print(f"\n### Batch diversity: {header}\n")
     print("| run | mean pairwise distance | change % | named objects % | change (points) |")
     print("|---|---|---|---|---|")
-    for name in ("without NegToMe", "NegToMe, anchor first", "NegToMe, anchor nearest"):
+    for name in batch_methods:
         div, named = mean(name, "div"), mean(name, "named")
         print(
             f"| {name} | {div:.4f} | {100 * (div / mean(base, 'div') - 1):+.1f} | {pct(named)} | "
@@ -126,13 +138,13 @@ def main() -> None:
     print(f"\n### Reference image: {header}\n")
     print("| run | mean similarity to the reference | change % | named objects % | change (points) |")
     print("|---|---|---|---|---|")
-    for name in ("without NegToMe", "NegToMe, reference"):
+    for name in (base, reference_method):
         sim, named = mean(name, "sim"), mean(name, "named")
         print(
             f"| {name} | {sim:.4f} | {100 * (sim / mean(base, 'sim') - 1):+.1f} | {pct(named)} | "
             f"{100 * (named - mean(base, 'named')):+.1f} |"
         )
-    print(f"\n{args.batches * args.images * len(methods)} images in {time.perf_counter() - started:.0f} s")
+    print(f"\n{args.batches * args.images * len(scores)} images in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,12 @@ def write(path: Path, text: str) -> Path:
         ("bad.jsonl", '{"prompt": "a red circle"}\n{"prompt": "a blue\n', [], "bad.jsonl:2: not valid JSON"),
         ("key.jsonl", '{"prompt": "a red circle", "sed": 1}\n', [], "key.jsonl:1: unknown field 'sed'"),
         ("list.jsonl", '["a red circle"]\n', [], "list.jsonl:1: each line must be a JSON object"),
-        ("window.jsonl", '{"prompt": "a", "negatives": [{"text": "b", "start": 0.5, "stop": 0.2}]}\n', [], "window.jsonl:1"),
+        (
+            "window.jsonl",
+            '{"prompt": "a", "negatives": [{"text": "b", "start": 0.5, "stop": 0.2}]}\n',
+            [],
+            "window.jsonl:1",
+        ),
         ("ok.txt", "a red circle\n", ["--method", "nosuch"], "`--method`: unknown guidance module 'nosuch'"),
         ("ok.txt", "a red circle\n", ["--set", "negative_prompts.bogus=1"], "has no setting bogus"),
         ("ok.txt", "a red circle\n", ["--set", "negtome.alpha=1"], "no method uses module 'negtome'"),
@@ -121,7 +126,10 @@ def test_skip_bad_generates_the_good_lines(tmp_path, model, capsys):
     out = tmp_path / "out"
     assert generate(prompts, out, model, "--skip-bad") == 0
     assert "skipping " in capsys.readouterr().err
-    assert image_files(out) == ["00000-negative-prompts-s3-a-red-circle.png", "00002-negative-prompts-s0-a-green-triangle.png"]
+    assert image_files(out) == [
+        "00000-negative-prompts-s3-a-red-circle.png",
+        "00002-negative-prompts-s0-a-green-triangle.png",
+    ]
 
 
 def test_from_image_needs_negguide_metadata(tmp_path, capsys):
@@ -176,3 +184,16 @@ def test_any_registered_module_runs_with_its_settings(tmp_path, model):
     parsed = parse_infotext(read_png_metadata(out / records["mine"]["file"])[0])
     assert parsed["Negative guidance"] == "test_scaled_cfg"
     assert parsed["test_scaled_cfg factor"] == "0.5"
+
+
+def test_yaml_config_and_flags(tmp_path, model, capsys):
+    config = write(
+        tmp_path / "run.yaml", "methods:\n  standard: [negative_prompts]\n  rescaled: negative_prompts\nseeds: [4, 5]\n"
+    )
+    prompts = write(tmp_path / "p.txt", "a red circle\n")
+    assert generate(prompts, tmp_path / "out", model, "--config", str(config), "--seeds", "7", "--dry-run") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        "todo  images/00000-standard-s7-a-red-circle.png  [standard, seed 7, 32x32, 2 steps]",
+        "todo  images/00000-rescaled-s7-a-red-circle.png  [rescaled, seed 7, 32x32, 2 steps]",
+    ]

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from accelerate import PartialState
 
 from negguide.errors import InputError
-from negguide.generate import values
-from negguide.generate.methods import (
-    DEFAULT_METHOD,
-    Method,
-    apply_setting,
-    check_labels,
-    method_from_config,
-    parse_method,
-)
 from negguide.generate.model import load_model, read_model
-from negguide.generate.plan import Batch, Defaults, Job, batches, expand
+from negguide.generate.options import CONFIG_KEYS, Options, resolve_options
+from negguide.generate.plan import Batch, Job, batches, expand
 from negguide.generate.prompts import Problem, read_items
 from negguide.generate.runner import (
     finish,
@@ -37,18 +26,6 @@ from negguide.generate.runner import (
 )
 from negguide.metadata import read_png_metadata
 
-CONFIG_KEYS = (
-    "methods",
-    "seeds",
-    "steps",
-    "guidance_scale",
-    "guidance_rescale",
-    "width",
-    "height",
-    "negative_prompt",
-    "batch_size",
-    "model",
-)
 FROM_IMAGE_CONFLICTS = (
     "prompts",
     "config",
@@ -79,22 +56,6 @@ steps, guidance_scale, guidance_rescale, width, height. .jsonl: one object a lin
 negatives (e.g. [{"text": "blue square", "weight": 1.0, "start": 0.2, "stop": 1.0}]) and guidance (a list of
 modules, e.g. ["perpneg"] or [{"name": "negtome", "alpha": 0.9}]). A re-run with the same --out resumes.
 """
-
-
-@dataclass(frozen=True)
-class Options:
-    """A run's checked options: flags first, then the config file, then the defaults."""
-
-    prompts: Path
-    out: Path
-    model: str | None
-    methods: tuple[Method, ...]
-    defaults: Defaults
-    batch_size: int
-    device: str | None
-    skip_bad: bool
-    dry_run: bool
-    grids: bool
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -201,7 +162,7 @@ def regenerate(args: argparse.Namespace) -> int:
             raise ValueError("its batch layout does not hold its own job")
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise InputError(f"`--from-image`: {args.from_image} holds no usable negguide metadata ({error}).") from None
-    model = read_model(args.model or job.model)
+    model = read_model(args.model or job.model, "--model" if args.model else "--from-image")
     if args.model:
         batch = Batch(tuple(tuple(replace(job, model=model.name) for job in group) for group in batch.groups))
     state = process_state(args.device)
@@ -209,121 +170,6 @@ def regenerate(args: argparse.Namespace) -> int:
     image = generate_images(load_model(model, _device(args.device, state)), batch)[position]
     print(save_image(args.out, image, batch, position))
     return 0
-
-
-def resolve_options(args: argparse.Namespace) -> Options:
-    """Check the flags and the config file; InputError naming the flag or the config key."""
-    if args.prompts is None:
-        raise InputError("`PROMPTS`: give a prompts file (.txt, .csv or .jsonl), or --from-image.")
-    config = _read_config(args.config) if args.config else {}
-
-    def pick(key: str, flag: str, check: Callable[[object, str], Any], default: Any) -> Any:
-        value = getattr(args, flag)
-        if value is not None:
-            return _checked(check, value, f"--{flag.replace('_', '-')}")
-        if key in config:
-            return _checked(check, config[key], f"{args.config}: {key}")
-        return default
-
-    if args.size is not None:
-        width, height = _checked(values.size, args.size, "--size")
-    else:
-        width, height = (
-            _checked(values.side, config[key], f"{args.config}: {key}") if key in config else None
-            for key in ("width", "height")
-        )
-    defaults = Defaults(
-        seeds=pick("seeds", "seeds", values.seeds, Defaults.seeds),
-        steps=pick("steps", "steps", values.positive_integer, Defaults.steps),
-        guidance_scale=pick("guidance_scale", "guidance_scale", values.number, Defaults.guidance_scale),
-        guidance_rescale=pick("guidance_rescale", "guidance_rescale", values.fraction, Defaults.guidance_rescale),
-        width=width,
-        height=height,
-        negative_prompt=pick("negative_prompt", "negative_prompt", _text, Defaults.negative_prompt),
-    )
-    return Options(
-        prompts=args.prompts,
-        out=args.out,
-        model=pick("model", "model", _text, None),
-        methods=_methods(args, config),
-        defaults=defaults,
-        batch_size=pick("batch_size", "batch_size", values.positive_integer, 8),
-        device=args.device,
-        skip_bad=args.skip_bad,
-        dry_run=args.dry_run,
-        grids=args.grids,
-    )
-
-
-def _methods(args: argparse.Namespace, config: dict[str, Any]) -> tuple[Method, ...]:
-    try:
-        if args.method:
-            methods = tuple(parse_method(spec, "--method") for spec in args.method)
-        elif "methods" in config:
-            methods = _config_methods(config["methods"], f"{args.config}: methods")
-        else:
-            methods = (DEFAULT_METHOD,)
-        for assignment in args.set:
-            methods = apply_setting(methods, assignment, "--set")
-        check_labels(methods, "--method")
-    except (TypeError, ValueError) as error:
-        raise InputError(str(error)) from None
-    return methods
-
-
-def _config_methods(value: object, argument: str) -> tuple[Method, ...]:
-    if isinstance(value, dict):
-        return tuple(method_from_config(str(label), spec, f"{argument}.{label}") for label, spec in value.items())
-    if not isinstance(value, list) or not value:
-        raise TypeError(f"`{argument}` must be a mapping of label to modules, or a non-empty list of methods.")
-    methods = []
-    for index, spec in enumerate(value):
-        where = f"{argument}[{index}]"
-        if isinstance(spec, str):
-            methods.append(parse_method(spec, where))
-        else:
-            methods.append(method_from_config(None, [spec] if isinstance(spec, dict) else spec, where))
-    return tuple(methods)
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"`--config`: cannot read {path}: {error}.") from None
-    if path.suffix.lower() == ".json":
-        try:
-            config = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{path}:{error.lineno}: not valid JSON ({error.msg}).") from None
-    elif path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            config = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise InputError(f"`--config`: {path} is not valid YAML: {error}") from None
-    else:
-        raise InputError(f"`--config`: {path} must be a .json, .yaml or .yml file.")
-    if not isinstance(config, dict):
-        raise InputError(f"`--config`: {path} must hold a mapping with keys among {', '.join(CONFIG_KEYS)}.")
-    unknown = sorted(set(config) - set(CONFIG_KEYS))
-    if unknown:
-        raise InputError(f"{path}: unknown key {', '.join(map(repr, unknown))}; known keys: {', '.join(CONFIG_KEYS)}.")
-    return config
-
-
-def _checked(check: Callable[[object, str], Any], value: object, argument: str) -> Any:
-    try:
-        return check(value, argument)
-    except (TypeError, ValueError) as error:
-        raise InputError(str(error)) from None
-
-
-def _text(value: object, name: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"`{name}` must be text, got {value!r}.")
-    return value
 
 
 def _report(problems: list[Problem], skip_bad: bool, main: bool) -> None:

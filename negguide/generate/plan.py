@@ -73,7 +73,7 @@ class Job:
         return image_name(self.item, self.method, self.seed, self.prompt)
 
     def generation(self) -> dict[str, Any]:
-        """The settings that decide the image's pixels (with the batch it was made in)."""
+        """The settings that decide the image's pixels, apart from the call it is made in (see `Batch`)."""
         fields = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "guidance_rescale")
         return {
             **{name: getattr(self, name) for name in fields},

@@ -130,7 +130,12 @@ def run_batches(
         total = sum(job.file not in done for batch in share for job in batch.jobs)
         with tqdm(total=total, unit="img", desc="generate", disable=not state.is_main_process) as progress:
             for batch in share:
-                for position, image in enumerate(generate_images(pipe, batch)):
+                try:
+                    images = generate_images(pipe, batch)
+                except ValueError as error:  # a setting the modules can only check against the model
+                    first = batch.jobs[0]
+                    raise InputError(f"method {first.method!r} ({first.source}): {error}") from error
+                for position, image in enumerate(images):
                     job = batch.jobs[position]
                     if job.file in done:
                         continue

@@ -113,6 +113,15 @@ class NegToMe(Patcher):
             raise ValueError(f"`layers` is not a valid regular expression: {error}.") from None
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"`seed` must be a non-negative int, got {self.seed!r}.")
+        object.__setattr__(self, "alpha", alpha)
+        object.__setattr__(self, "threshold", threshold)
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "stop", stop)
+        object.__setattr__(self, "min_scale", min_scale)
+        self._set_images()
+
+    def _set_images(self) -> None:
+        """Check ``reference`` and ``mask``, keep them as stored settings and as the images the call uses."""
         references = _as_tuple(self.reference)
         masks = () if self.mask is None else _as_tuple(self.mask)
         if self.mode == "batch" and (references or masks):
@@ -125,15 +134,22 @@ class NegToMe(Patcher):
         images = tuple(load_image(item, f"reference[{i}]") for i, item in enumerate(references))
         mask_images = tuple(binary_mask(item, f"mask[{i}]") for i, item in enumerate(masks))
         _check_masks(mask_images, images)
-        object.__setattr__(self, "alpha", alpha)
-        object.__setattr__(self, "threshold", threshold)
-        object.__setattr__(self, "start", start)
-        object.__setattr__(self, "stop", stop)
-        object.__setattr__(self, "min_scale", min_scale)
+        if len(mask_images) == 1:
+            mask_images *= len(images)
         object.__setattr__(self, "reference", tuple(map(_stored, references, images)))
         object.__setattr__(self, "mask", tuple(map(_stored, masks, mask_images)) or None)
         object.__setattr__(self, "_images", tuple(image.convert("RGB") for image in images))
         object.__setattr__(self, "_masks", tuple(torch.from_numpy(np.asarray(m) > 127) for m in mask_images))
+
+    @property
+    def reference_images(self) -> tuple[PIL.Image.Image, ...]:
+        """The reference images, loaded, in RGB."""
+        return self._images
+
+    @property
+    def reference_masks(self) -> tuple[torch.Tensor, ...]:
+        """One boolean ``(H, W)`` mask per reference image (True: may be matched), or none."""
+        return self._masks
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
@@ -204,7 +220,8 @@ class NegToMeState(PatchState):
         if module.mode == "reference":
             if context.encode_image is None or context.add_noise is None:
                 raise ValueError("NegToMe(mode='reference') needs a pipeline that can encode and noise images.")
-            self.clean = torch.stack([context.encode_image(image) for image in module._images])  # (K, C, H, W)
+            # (K, C, H, W): every reference, encoded once per call
+            self.clean = torch.stack([context.encode_image(image) for image in module.reference_images])
             self.generator = torch.Generator().manual_seed(module.seed)
 
     def extra_rows(self, step: Step, branches: Sequence[Branch]) -> Sequence[ExtraRow]:
@@ -275,15 +292,13 @@ class NegToMeState(PatchState):
         """The reference tokens that may be matched, ``(K * N,)``, on this layer's token grid (``None``: all)."""
         tokens = output.shape[1]
         if tokens not in self._token_masks:
-            masks = self.module._masks
+            masks = self.module.reference_masks
             if not masks:
                 self._token_masks[tokens] = None
             else:
                 grid = _token_grid(tokens, self.height, self.width)
-                per_reference = masks * len(self.module._images) if len(masks) == 1 else masks
-                self._token_masks[tokens] = torch.cat(
-                    [_resized_mask(mask, grid).flatten() for mask in per_reference]
-                ).to(output.device)
+                resized = [_resized_mask(mask, grid).flatten() for mask in masks]
+                self._token_masks[tokens] = torch.cat(resized).to(output.device)
         return self._token_masks[tokens]
 
 
@@ -332,6 +347,6 @@ def _check_masks(masks: Sequence[PIL.Image.Image], images: Sequence[PIL.Image.Im
         mask = masks[0] if len(masks) == 1 else masks[i]
         if mask.size != image.size:
             raise ValueError(
-                f"`mask` is {mask.size[0]}x{mask.size[1]} but reference[{i}] is {image.size[0]}x{image.size[1]}: a mask "
-                "must have its reference's size."
+                f"`mask` is {mask.size[0]}x{mask.size[1]} but reference[{i}] is {image.size[0]}x{image.size[1]}: "
+                "a mask must have its reference's size."
             )
