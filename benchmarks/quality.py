@@ -90,8 +90,8 @@ def main() -> None:
 
     if args.suite in ("all", "quality"):
         print(f"\n### Quality, no negative ({args.seeds} seeds, {args.steps} steps, CFG {args.scale})\n")
-        print("| prompt | named objects % | with extra objects % | companion | companion present % |")
-        print("|---|---|---|---|---|")
+        print("| kind | prompt | named objects % | with extra objects % | companion | companion present % |")
+        print("|---|---|---|---|---|---|")
         for case in quality_cases():
             dets = detections(case.prompt, "none", None)
             verdicts = [judge(d, case.prompt) for d in dets]
@@ -99,7 +99,7 @@ def main() -> None:
             companion = COMPANIONS.get((specs[0].colour, specs[0].shape)) if len(specs) == 1 else None
             comp_text = f"{companion[0]} {companion[1]}" if companion else "-"
             comp_rate = pct(presence_rate(dets, parse_phrase(comp_text))) if companion else "-"
-            print(f"| {case.prompt} | {pct(sum(v.named for v in verdicts) / len(verdicts))} | "
+            print(f"| {case.kind} | {case.prompt} | {pct(sum(v.named for v in verdicts) / len(verdicts))} | "
                   f"{pct(sum(v.extra > 0 for v in verdicts) / len(verdicts))} | {comp_text} | {comp_rate} |")
     if args.suite in ("all", "negatives"):
         print(f"\n### Negatives ({args.seeds} seeds, {args.steps} steps, CFG {args.scale})\n")

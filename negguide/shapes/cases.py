@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from negguide.shapes.world import COLOURS, COMPANIONS, SHAPES, phrase
+from negguide.shapes.world import COLOURS, COMPANIONS, SHAPES, caption_of, phrase
 
 
 @dataclass(frozen=True)
@@ -12,7 +12,8 @@ class Case:
     """One evaluation case.
 
     ``kind`` says what the case tests:
-    ``plain`` (no negative), ``companion`` (the negative names the prompt's frequent unnamed companion,
+    ``plain`` (no negative), ``pair`` (two objects the captions often name together), ``free-pair`` (two
+    objects they rarely do), ``companion`` (the negative names the prompt's frequent unnamed companion,
     sharing neither colour nor shape), ``overlap-colour`` / ``overlap-shape`` (the companion shares the
     prompt's colour / shape), ``attribute`` (the negative is a bare colour or shape the prompt also has:
     it overlaps the prompt and names the companion's other attribute), ``contradiction`` (the negative
@@ -36,16 +37,27 @@ def one_object_prompts() -> list[str]:
     return [phrase(c, s) for c in sorted(COLOURS) for s in SHAPES]
 
 
+def companion_pair_prompts() -> list[str]:
+    """Two-object prompts naming an object and its companion, a pairing the captions often spell out."""
+    pairs = [("red", "circle"), ("yellow", "square"), ("blue", "square"), ("green", "triangle"),
+             ("red", "square"), ("green", "circle")]
+    return [caption_of([obj, COMPANIONS[obj]]) for obj in pairs]
+
+
+def free_pair_prompts() -> list[str]:
+    """Two-object prompts whose objects rarely meet in the captions: a shared colour, a shared shape, neither."""
+    return ["a red circle and a blue square", "a blue triangle and a blue circle",
+            "a yellow square and a green square", "a green circle and a red triangle"]
+
+
 def two_object_prompts() -> list[str]:
-    """Pairs with a shared colour, a shared shape, and neither."""
-    return ["a red circle and a blue square", "a green triangle and a yellow circle",
-            "a red circle and a red square", "a blue triangle and a blue circle",
-            "a yellow square and a green square", "a red triangle and a blue triangle"]
+    return companion_pair_prompts() + free_pair_prompts()
 
 
 def quality_cases() -> list[Case]:
     """Every one- and two-object prompt without a negative."""
-    return [Case("plain", p) for p in one_object_prompts() + two_object_prompts()]
+    return ([Case("plain", p) for p in one_object_prompts()] + [Case("pair", p) for p in companion_pair_prompts()]
+            + [Case("free-pair", p) for p in free_pair_prompts()])
 
 
 def negative_cases() -> list[Case]:
