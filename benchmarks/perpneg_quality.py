@@ -41,14 +41,14 @@ KINDS = ("overlap-colour", "overlap-shape", "attribute", "contradiction", "compa
 PROJECTIONS = {"global": None, "local": 1}
 
 
-def methods(weights: Sequence[float]) -> dict[str, Any]:
+def methods(weights: Sequence[float], modes: Sequence[str]) -> dict[str, Any]:
     """Method label -> a function of the negative giving the pipeline arguments."""
     table: dict[str, Any] = {
         "none": lambda negative: {},
         "standard": lambda negative: {"negative_prompt": negative},
     }
     for projection, patch_size in PROJECTIONS.items():
-        for mode in ("s*w", "w"):
+        for mode in modes:
             for weight in weights:
 
                 def perp_neg(negative: str, weight=weight, mode=mode, patch_size=patch_size) -> dict[str, Any]:
@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--scale", type=float, default=7.5)
     parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 5.0])
+    parser.add_argument("--modes", nargs="+", choices=["s*w", "w"], default=["s*w", "w"], help="weight conventions")
     parser.add_argument("--batch", type=int, default=64, help="images per pipeline call")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cases", type=int, default=None, help="only the first N cases (a quick check)")
@@ -99,7 +100,7 @@ def main() -> None:
     pipe = negguide.load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     cases = negative_cases()[: args.cases]
-    table = methods(args.weights)
+    table = methods(args.weights, args.modes)
     started = time.perf_counter()
     by_case = {
         (case, name): verdicts(pipe, case, make(case.negative), args) for case in cases for name, make in table.items()
