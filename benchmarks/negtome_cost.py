@@ -60,7 +60,12 @@ def sd15_pipeline() -> StableDiffusionNegGuidePipeline:
         norm_num_groups=8,
     )
     scheduler = DDIMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, set_alpha_to_one=False
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
     return StableDiffusionNegGuidePipeline(
         unet=unet,

@@ -77,7 +77,7 @@ def pct(value: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
-    parser.add_argument("--batches", type=int, default=72, help="prompt batches (the suite has 18 prompts)")
+    parser.add_argument("--batches", type=int, default=72, help="prompt batches, cycling through the suite's prompts")
     parser.add_argument("--images", type=int, default=4, help="images per batch")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--scale", type=float, default=7.5)

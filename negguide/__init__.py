@@ -1,5 +1,6 @@
 """negguide: control over what a diffusion model must not draw, as a plug-in for diffusers."""
 
+from negguide.analysis import AnalysisResult, analyze_negative
 from negguide.loading import load_pipeline
 from negguide.modules import (
     Combiner,
@@ -13,9 +14,11 @@ from negguide.modules import (
     guidance_from_dict,
     register_guidance,
 )
+from negguide.removal import RemovalResult, remove_object, remove_objects
 from negguide.views import View
 
 __all__ = [
+    "AnalysisResult",
     "Combiner",
     "GuidanceModule",
     "NegToMe",
@@ -24,8 +27,12 @@ __all__ = [
     "PatchState",
     "Patcher",
     "PerpNeg",
+    "RemovalResult",
     "View",
+    "analyze_negative",
     "guidance_from_dict",
     "load_pipeline",
     "register_guidance",
+    "remove_object",
+    "remove_objects",
 ]

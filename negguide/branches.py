@@ -44,9 +44,25 @@ class Blend:
     parts: tuple[tuple[str, float], ...]
 
 
-TextKey = str | EmbedsRef | Blend
-"""A text condition: a string for the text encoder, a reference to caller-given embeddings, or a blend of
-the encodings of several texts."""
+@dataclass(frozen=True)
+class EncoderTexts:
+    """One condition written as one text per text encoder, for families with several encoders: SDXL's and
+    Flux's ``prompt`` and ``prompt_2``, SD3's ``prompt``, ``prompt_2`` and ``prompt_3``. A plain string is the
+    same text for every encoder.
+
+    Args:
+        texts (`tuple[str, ...]`): the text of each encoder, in the family's order.
+    """
+
+    texts: tuple[str, ...]
+
+
+Text = str | EncoderTexts
+"""What a family's text encoding takes: one text for all its encoders, or one text per encoder."""
+
+TextKey = str | EncoderTexts | EmbedsRef | Blend
+"""A text condition: a string for the text encoders (or one per encoder), a reference to caller-given
+embeddings, or a blend of the encodings of several texts."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The ``negguide`` command line: one subcommand per task (``negguide generate ...``).
+"""The ``negguide`` command line: one subcommand per task (``negguide generate ...``, ``negguide demo``).
 
 A subcommand module provides ``add_parser(subparsers)``, which registers its parser and sets ``handler``:
 a function of the parsed arguments that returns the exit code.
@@ -10,6 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from negguide.commands import analyze as analyze_command
+from negguide.commands import remove as remove_command
+from negguide.demo import command as demo_command
 from negguide.errors import InputError
 from negguide.generate import command as generate_command
 
@@ -21,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="negguide", description="Negative guidance for diffusers.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate_command.add_parser(subparsers)
+    analyze_command.add_parser(subparsers)
+    remove_command.add_parser(subparsers)
+    demo_command.add_parser(subparsers)
     return parser
 
 

@@ -4,10 +4,12 @@ At each step: take the combiner's branches, build one batch of rows (recorded in
 denoiser once (or in chunks of whole branches), split the output per branch, combine, and post-process
 (guidance rescale). Text conditions are encoded once per call and distinct text, never per step.
 
-A family (SD, SDXL, SD3, Flux) provides two callables: ``encode(texts) -> fields`` (its text encoders) and
-``denoise(latent_rows, fields) -> prediction_rows`` (its network call for one timestep). *Fields* are the
-named conditioning tensors the network takes per row (``encoder_hidden_states``, pooled embeddings, ...),
-each with the row as its first dimension.
+A family (SD, SDXL, SD3, Flux) provides two callables: ``encode(texts) -> fields`` (its text encoders; a text
+is a string, or an `EncoderTexts` with one string per encoder) and ``denoise(latent_rows, fields) ->
+prediction_rows`` (its network call for one timestep). *Fields* are the named conditioning tensors the network
+takes per row (``encoder_hidden_states``, pooled embeddings, ...), each with the row as its first dimension.
+Latent rows have whatever shape the family's network takes after the row dimension: ``(C, H, W)``, or Flux's
+packed ``(tokens, channels)``.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from negguide import functional as F
-from negguide.branches import COND, Blend, Branch, CallInfo, EmbedsRef, Step, TextKey
+from negguide.branches import COND, Blend, Branch, CallInfo, EmbedsRef, EncoderTexts, Step, Text, TextKey
 from negguide.checks import unit_interval
 from negguide.layout import BatchLayout, ExtraRow
 from negguide.modules.base import PatchContext, PatchState
 from negguide.modules.resolve import GuidanceArg, resolve_guidance
 
 Fields = dict[str, torch.Tensor]
-Encoder = Callable[[list[str]], Fields]
+Encoder = Callable[[list[Text]], Fields]
 Denoiser = Callable[[torch.Tensor, Fields], torch.Tensor]
 
 
@@ -124,6 +126,13 @@ class Guide:
         plan = self._plan[index]
         return plan if guided else tuple(branch for branch in plan if branch.name == COND)
 
+    @property
+    def has_negatives(self) -> bool:
+        """Whether some step has a branch other than ``cond`` whose text is not the empty prompt: a negative
+        prompt, caller-given negative embeddings or a module's own negatives. Families whose guidance runs only
+        when there is something to push away from (Flux's true CFG) read this."""
+        return any(text != "" for plan in self._plan for branch in plan if branch.name != COND for text in branch.texts)
+
     def prefetch(self, guided: bool) -> None:
         """Encode every text the run will use, in one text-encoder call."""
         self.conditions.prefetch(
@@ -175,7 +184,7 @@ class Guide:
 
         Args:
             index (`int`): the step.
-            latents (`torch.Tensor`): current latents, one row per image, ``(num_images, C, H, W)``.
+            latents (`torch.Tensor`): current latents, one row per image, ``(num_images, ...)``.
             denoise: the network for this step's timestep (see the module docstring).
             guidance_scale (`float`): ``s`` for the combiner (read per step: callbacks may change it).
             guided (`bool`): whether guidance is on; off, only ``cond`` is evaluated and returned as is.
@@ -205,9 +214,9 @@ class Guide:
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
-def _texts(key: TextKey) -> tuple[str, ...]:
+def _texts(key: TextKey) -> tuple[Text, ...]:
     """The texts the encoder must see for ``key``."""
-    if isinstance(key, str):
+    if isinstance(key, (str, EncoderTexts)):
         return (key,)
     if isinstance(key, Blend):
         return tuple(text for text, _ in key.parts)

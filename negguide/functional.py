@@ -70,6 +70,30 @@ def rescale_noise_cfg(guided: torch.Tensor, cond: torch.Tensor, guidance_rescale
     return guidance_rescale * rescaled + (1 - guidance_rescale) * guided
 
 
+def sample_norm(x: torch.Tensor) -> torch.Tensor:
+    r"""The L2 norm of each sample, ``||x_b||`` over all dims but the batch dim, in fp32: shape ``(B,)``.
+
+    Args:
+        x (`torch.Tensor`): shape ``(B, ...)``.
+    """
+    return x.float().flatten(1).norm(dim=1)
+
+
+def sample_cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    r"""The cosine similarity of each pair of samples, ``<a_b, b_b> / max(||a_b|| ||b_b||, eps)``, in fp32:
+    shape ``(B,)``.
+
+    The floor ``eps`` keeps a zero sample finite: its cosine is 0.
+
+    Args:
+        a (`torch.Tensor`): shape ``(B, ...)``.
+        b (`torch.Tensor`): same shape.
+        eps (`float`, defaults to 1e-12): floor of the product of the norms.
+    """
+    a, b = a.float().flatten(1), b.float().flatten(1)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(eps)
+
+
 PERP_NEG_WEIGHT_MODES = ("s*w", "w")
 """How Perp-Neg's negative weights scale: ``"s*w"`` multiplies them by the guidance scale (the paper and every
 public implementation), ``"w"`` applies them as they are."""

@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
 
 EMBEDDED_MODEL_NAME = "shapes-world"
 
@@ -23,10 +23,12 @@ def embedded_model_path() -> Path:
 
 
 def _pipeline_classes() -> dict[str, type[DiffusionPipeline]]:
-    from negguide.pipelines import StableDiffusionNegGuidePipeline
+    """Our class for each ``_class_name`` a ``model_index.json`` may hold: the stock pipeline's name and ours."""
+    from negguide import pipelines
 
-    return {"StableDiffusionPipeline": StableDiffusionNegGuidePipeline,
-            StableDiffusionNegGuidePipeline.__name__: StableDiffusionNegGuidePipeline}
+    ours = (pipelines.StableDiffusionNegGuidePipeline, pipelines.StableDiffusionXLNegGuidePipeline,
+            pipelines.StableDiffusion3NegGuidePipeline, pipelines.FluxNegGuidePipeline)
+    return {name: cls for cls in ours for name in (cls.__bases__[0].__name__, cls.__name__)}
 
 
 def pipeline_class_for(model: str | os.PathLike) -> type[DiffusionPipeline]:
@@ -44,6 +46,15 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def default_dtype(cls: type[DiffusionPipeline], device: torch.device) -> torch.dtype:
+    """float32 on the CPU; on CUDA bfloat16 for the transformer families (SD3, Flux), as their model cards
+    load them, and float16 for the UNet ones (SD, SDXL)."""
+    if device.type != "cuda":
+        return torch.float32
+    transformer = issubclass(cls, (StableDiffusion3Pipeline, FluxPipeline))
+    return torch.bfloat16 if transformer and torch.cuda.is_bf16_supported() else torch.float16
+
+
 def load_pipeline(model: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
                   torch_dtype: torch.dtype | None = None, **kwargs) -> DiffusionPipeline:
     """Load a model as a negguide pipeline.
@@ -52,12 +63,11 @@ def load_pipeline(model: str | os.PathLike | None = None, *, device: str | torch
         model (`str` or `os.PathLike`, *optional*): a local diffusers folder or a hub id. ``None`` (the
             default) loads the embedded shapes-world model, offline.
         device (`str` or `torch.device`, *optional*): where to put it; CUDA when available, else CPU.
-        torch_dtype (`torch.dtype`, *optional*): float16 on CUDA, float32 on the CPU by default.
+        torch_dtype (`torch.dtype`, *optional*): by default float32 on the CPU; on CUDA float16 for SD and SDXL,
+            bfloat16 for SD3 and Flux.
         kwargs: passed on to ``from_pretrained`` (``variant``, ``revision``, ``cache_dir``, ...).
     """
     device = torch.device(device or default_device())
-    if torch_dtype is None:
-        torch_dtype = torch.float16 if device.type == "cuda" else torch.float32
     if model is None:
         model = embedded_model_path()
     elif isinstance(model, (str, os.PathLike)):
@@ -67,5 +77,5 @@ def load_pipeline(model: str | os.PathLike | None = None, *, device: str | torch
     else:
         raise TypeError(f"model must be a folder path, a hub id or None, got {type(model).__name__}")
     cls = pipeline_class_for(model)
-    pipe = cls.from_pretrained(model, torch_dtype=torch_dtype, **kwargs)
+    pipe = cls.from_pretrained(model, torch_dtype=torch_dtype or default_dtype(cls, device), **kwargs)
     return pipe.to(device)

@@ -18,7 +18,7 @@ def best_matches(
     ``S[i, j] = cos(x_i, r_j)``, ``j*_i = argmax_j S[i, j]``, ``m_i = S[i, j*_i]``: the maximum runs over the
     *reference* tokens, one match per output token (the official code reduces over the output tokens
     instead, which pairs each position with an unrelated reference token). Similarities are computed in
-    fp32 and clamped to ``[-1, 1]``.
+    fp32; ``m`` is clamped to at most 1, so that ``threshold = 1`` merges nothing despite rounding.
 
     Args:
         tokens (`torch.Tensor`): ``x``, shape ``(B, N, C)``.
@@ -32,11 +32,12 @@ def best_matches(
     """
     x = torch.nn.functional.normalize(tokens.float(), dim=-1)
     r = torch.nn.functional.normalize(reference.float(), dim=-1)
-    similarity = torch.bmm(x, r.transpose(1, 2)).clamp_(-1.0, 1.0)  # (B, N, M)
+    similarity = torch.bmm(x, r.transpose(1, 2))  # (B, N, M)
     if mask is not None:
         allowed = mask.to(device=similarity.device, dtype=torch.bool)
         similarity = similarity.masked_fill(~allowed.view(-1, 1, allowed.shape[-1]), float("-inf"))
-    return similarity.max(dim=-1)
+    best, index = similarity.max(dim=-1)
+    return best.clamp_(max=1.0), index
 
 
 def negtome_merge(
@@ -65,5 +66,6 @@ def negtome_merge(
     """
     similarity, index = best_matches(tokens, reference, mask)
     matched = torch.gather(reference, 1, index.unsqueeze(-1).expand(-1, -1, reference.shape[-1]))
-    merged = tokens + alpha * (tokens - matched)
-    return torch.where((similarity > threshold).unsqueeze(-1), merged, tokens)
+    # x + alpha * (x - r) is lerp(x, r, -alpha); a weight of 0 returns x exactly.
+    weight = torch.where(similarity > threshold, -alpha, 0.0).unsqueeze(-1).to(tokens.dtype)
+    return torch.lerp(tokens, matched, weight)

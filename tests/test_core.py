@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from negguide import Negative, NegativePrompts
-from negguide.branches import COND, UNCOND, CallInfo
+from negguide.branches import COND, UNCOND, CallInfo, EncoderTexts
 from negguide.core import Guide
 from negguide.layout import BatchLayout, ExtraRow, Row
 from negguide.modules import Patcher, PatchState
@@ -66,6 +67,21 @@ def test_texts_are_encoded_once_per_call():
     guide = make_guide(NegativePrompts([Negative("a", stop=0.25), Negative("b", start=0.5)]), encode=encoder)
     run(guide, ToyNet())
     assert encoder.calls == [["a", "p0", "p1", "", "b"]]
+
+
+def test_texts_per_encoder_are_conditions_of_their_own():
+    seen = []
+
+    def encode(texts):
+        seen.append(texts)
+        return {"encoder_hidden_states": torch.arange(len(texts), dtype=torch.float32).view(-1, 1, 1).expand(-1, 3, 5)}
+
+    pair = EncoderTexts(("p0", "a big p0"))
+    call = dataclasses.replace(CallInfo.from_call(["p0", "p1"], None, None, None, 1), prompts=(pair, "p1"))
+    guide = Guide(NegativePrompts(["p0"]), call=call, timesteps=[999.0], encode=encode)
+    guide.prefetch(True)
+    assert seen == [["p0", pair, "p1"]]
+    assert guide.has_negatives and not make_guide(NegativePrompts()).has_negatives
 
 
 def test_batched_prediction_matches_per_branch_reference():

@@ -99,12 +99,15 @@ class PatchContext:
     A field is ``None`` where the pipeline does not offer it; a patcher that needs it raises a ValueError.
 
     Args:
-        latent_shape (`tuple[int, ...]`, *optional*): the shape of one image's latents, ``(C, H, W)``.
+        latent_shape (`tuple[int, ...]`, *optional*): the shape of one image's latents as the VAE gives them,
+            ``(C, H, W)`` (also for Flux, whose network takes them packed into tokens).
         encode_image (*optional*): ``encode_image(image) -> latents``: a PIL image (any size or mode) as the clean
-            latents of one image of the call, ``(C, H, W)``, at the call's size, on the network's device and
-            dtype (the family's VAE encoding and latent scaling).
-        add_noise (*optional*): ``add_noise(latents, noise, step) -> noisy``: clean latents ``(N, C, H, W)``
-            noised to ``step``'s timestep by the scheduler's forward process, on the scale of the step's latents.
+            latents of one image of the call, at the call's size, on the network's device and dtype (the family's
+            VAE encoding and latent scaling), laid out like one row of the call's latents: ``(C, H, W)``, or
+            ``(tokens, channels)`` for Flux.
+        add_noise (*optional*): ``add_noise(latents, noise, step) -> noisy``: clean latents ``(N, ...)`` (rows as
+            ``encode_image`` gives them) noised to ``step``'s timestep by the scheduler's forward process, on the
+            scale of the step's latents.
     """
 
     latent_shape: tuple[int, ...] | None = None

@@ -47,8 +47,8 @@ class NegToMe(Patcher):
       tokens of all the other images of its prompt, so each token moves away from its nearest counterpart.
     * ``mode="reference"`` (steer away from an image, e.g. a copyrighted look): each reference image is
       VAE-encoded once per call, noised to every step's timestep with the module's own generator (``seed``),
-      and run as an extra row per branch and prompt inside the window; its tokens are the reference frame.
-      Those rows are never returned. ``mask`` limits which reference tokens may be matched.
+      and run as an extra row per branch, prompt and reference inside the window; its tokens are the reference
+      frame. Those rows are never returned. ``mask`` limits which reference tokens may be matched.
 
     Works under any combiner (standard negatives, Perp-Neg) and with ``guidance_scale=1``. The rows of a
     forward are grouped by the `BatchLayout` the core passes, never by position.
@@ -74,8 +74,8 @@ class NegToMe(Patcher):
             fraction of the latent side (the paper's SDXL code: feature maps of side >= 32 for 128 latents).
         seed (`int`, defaults to 0): seed of the generator that noises the reference images.
 
-    ``to_dict()`` writes file paths and data URIs as given and PIL images (references and masks) as lossless
-    PNG data URIs, so a configuration round-trips through JSON.
+    ``to_dict()`` writes file paths as given and in-memory images (references and masks, given as PIL images,
+    arrays or data URIs) as lossless PNG data URIs, so a configuration round-trips through JSON.
     """
 
     mode: str = "batch"

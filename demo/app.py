@@ -1,0 +1,93 @@
+"""The Gradio app: `build_demo` makes it, `launch_demo` serves it.
+
+Run it with ``negguide demo``, ``python -m demo`` or ``python demo/app.py`` (same options: ``--model``,
+``--port``, ``--host``, ``--share``, ``--device``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import gradio as gr
+from diffusers import DiffusionPipeline
+
+from negguide.demo.command import DEFAULT_HOST
+from negguide.demo.compare_tab import compare_tab
+from negguide.demo.model import DemoModel
+
+TITLE = "negguide: what a diffusion model must not draw"
+INTRO = f"""# {TITLE}
+The plain prompt, the standard negative prompt and the methods you pick, on the same seed, side by side.
+The default model is the embedded shapes world: coloured shapes on white, captions like *a red circle and a blue
+square*, where every object has a companion the captions often leave out.
+"""
+TABS: tuple[tuple[str, Callable[[DemoModel], None]], ...] = (("Compare", compare_tab),)
+"""The app's tabs: a title and a function that builds the tab's content in the current Blocks context."""
+MAX_FILE_SIZE = "20mb"
+CACHE_CLEANUP = (3600, 24 * 3600)
+"""Every hour, delete the served files older than a day."""
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+"""System fonts only, so the page loads nothing from the internet."""
+CSS = ".negguide-gallery img { image-rendering: pixelated; }"
+"""Small images (the shapes world's are 64x64) are enlarged without blurring."""
+
+
+def build_demo(
+    model: str | None = None,
+    *,
+    pipeline: DiffusionPipeline | None = None,
+    device: str | None = None,
+    concurrency_limit: int = 1,
+) -> gr.Blocks:
+    """The demo app, with its queue; nothing is loaded until the first generation.
+
+    Args:
+        model (`str`, *optional*): a diffusers folder or hub id; the embedded shapes-world model by default. Only
+            its configuration is read here (`negguide.errors.InputError` when it cannot be).
+        pipeline (`DiffusionPipeline`, *optional*): an already loaded negguide pipeline to use instead of
+            ``model``.
+        device (`str`, *optional*): where to load ``model``; CUDA when available by default.
+        concurrency_limit (`int`, defaults to 1): generations that may run at once; the others wait in the
+            queue, in order.
+    """
+    if pipeline is not None and model is not None:
+        raise ValueError("`model` and `pipeline` both given: pass one.")
+    source = DemoModel.from_pipeline(pipeline) if pipeline is not None else DemoModel.from_model(model, device)
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=CACHE_CLEANUP) as demo:
+        gr.Markdown(INTRO)
+        with gr.Tabs():
+            for name, build in TABS:
+                with gr.Tab(name):
+                    build(source)
+    return demo.queue(default_concurrency_limit=concurrency_limit)
+
+
+def launch_demo(
+    demo: gr.Blocks, *, host: str = DEFAULT_HOST, port: int | None = None, share: bool = False, block: bool = True
+) -> str:
+    """Serve ``demo`` on ``host:port`` (this machine only by default); returns its local address.
+
+    Args:
+        share (`bool`, defaults to False): also serve it through a public Gradio share link.
+        block (`bool`, defaults to True): serve until interrupted; ``False`` returns at once (``demo.close()``
+            stops it).
+    """
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        prevent_thread_lock=not block,
+        max_file_size=MAX_FILE_SIZE,
+        ssr_mode=False,
+        quiet=not block,
+        theme=THEME,
+        css=CSS,
+    )
+    return demo.local_url
+
+
+if __name__ == "__main__":
+    from negguide.cli import main
+
+    raise SystemExit(main(["demo", *sys.argv[1:]]))

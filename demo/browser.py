@@ -1,0 +1,64 @@
+"""Driving the demo in a headless Chromium with Playwright: for the browser test and the README screenshot.
+
+Playwright's own browser download needs the internet, so a system Chromium is used (Debian's ``chromium``
+package, ``/usr/bin/chromium``; ``NEGGUIDE_CHROMIUM`` names another executable).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from playwright.sync_api import Browser, Page, Playwright, expect
+
+CHROMIUM = os.environ.get("NEGGUIDE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+VIEWPORT = {"width": 1400, "height": 1000}
+LOADED = "() => [...document.querySelectorAll('#gallery img')].every(image => image.complete && image.naturalWidth > 0)"
+"""True in the page once every image of the gallery has been fetched and decoded."""
+
+
+def launch_chromium(playwright: Playwright) -> Browser:
+    """The system Chromium, headless; FileNotFoundError naming `CHROMIUM` when it is not installed."""
+    if not Path(CHROMIUM).is_file():
+        raise FileNotFoundError(
+            f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install chromium) or set NEGGUIDE_CHROMIUM"
+        )
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
+
+
+def open_demo(page: Page, url: str, timeout_s: float = 120.0) -> None:
+    """Load the demo at ``url`` and wait until its form is there."""
+    page.goto(url)
+    expect(page.locator("#prompt textarea")).to_be_visible(timeout=timeout_s * 1000)
+
+
+def generate_in_page(
+    page: Page, prompt: str, methods: Sequence[str], steps: int | None = None, timeout_s: float = 120.0
+) -> list[str]:
+    """In the open demo: type ``prompt``, tick exactly the methods titled ``methods``, set ``steps`` (when given),
+    generate, and wait until the gallery holds every column; returns the gallery's captions."""
+    page.locator("#prompt textarea").fill(prompt)
+    for checkbox in page.locator("#methods input[type=checkbox]").all():
+        name = checkbox.evaluate("box => box.closest('label').innerText.trim()")
+        checkbox.set_checked(name in methods)
+    if steps is not None:
+        box = page.locator("#steps input[type=number]")
+        box.fill(str(steps))
+        box.press("Tab")
+    page.locator("#generate").click()
+    expected = 2 + len(methods)
+    expect(page.locator("#gallery img")).to_have_count(expected, timeout=timeout_s * 1000)
+    expect(page.locator("#info")).to_contain_text(f"{expected} columns", timeout=timeout_s * 1000)
+    page.wait_for_function(LOADED, timeout=timeout_s * 1000)
+    return [text.strip() for text in page.locator("#gallery .caption-label").all_inner_texts()]

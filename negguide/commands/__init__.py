@@ -1,0 +1,1 @@
+"""Subcommands of ``negguide`` about when negatives act: ``analyze`` and ``remove``."""

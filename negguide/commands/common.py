@@ -1,0 +1,59 @@
+"""Options and helpers shared by the ``analyze`` and ``remove`` commands."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import PIL.Image
+from diffusers import DiffusionPipeline
+
+from negguide.atomic import write_atomic
+from negguide.errors import InputError
+from negguide.generate.model import load_model, read_model
+
+T = TypeVar("T")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """``--out``, ``--model``, ``--device``, ``--steps`` and ``--guidance-scale``."""
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--model", help="diffusers folder or hub id (default: the embedded shapes-world model)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    parser.add_argument("--steps", default="20", help="denoising steps (default: 20)")
+    parser.add_argument("--guidance-scale", default="7.5", help="classifier-free guidance scale (default: 7.5)")
+
+
+def checked(check: Callable[[object, str], T], value: object, argument: str) -> T:
+    """``check(value, argument)`` with its TypeError or ValueError as an `InputError`."""
+    try:
+        return check(value, argument)
+    except (TypeError, ValueError) as error:
+        raise InputError(str(error)) from None
+
+
+def text(value: object, argument: str) -> str:
+    """A non-empty text flag."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"`{argument}` must be a non-empty text, got {value!r}.")
+    return value.strip()
+
+
+def pipeline(args: argparse.Namespace) -> DiffusionPipeline:
+    """The model of ``--model`` on ``--device``, its configuration checked before the weights load."""
+    return load_model(read_model(args.model), args.device)
+
+
+def output_folder(out: Path) -> Path:
+    """``--out`` checked: an `InputError` when it is a file. Create it only once there is something to write."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"`--out`: {out} is a file; give a folder.")
+    return out
+
+
+def save_png(image: PIL.Image.Image, path: Path) -> Path:
+    """Write ``image`` as a PNG, atomically, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, lambda file: image.save(file, format="PNG"))

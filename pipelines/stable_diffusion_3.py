@@ -1,0 +1,216 @@
+"""Stable Diffusion 3 / 3.5 with negguide's guidance modules.
+
+Importable as ``negguide.pipelines.stable_diffusion_3``, and loadable on its own as a diffusers custom
+pipeline::
+
+    DiffusionPipeline.from_pretrained(folder, custom_pipeline="<repo>/pipelines/stable_diffusion_3.py",
+                                      trust_remote_code=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import StableDiffusion3Pipeline
+from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
+
+from negguide.branches import Text
+from negguide.core import Denoiser, Fields, Guide
+from negguide.family import (
+    Callback,
+    call_info,
+    callback_inputs,
+    decode_flow_latents,
+    denoising_loop,
+    encoder_columns,
+    flow_patch_context,
+    flow_shift,
+    given_conditions,
+    patched,
+)
+from negguide.modules.resolve import GuidanceArg
+
+
+class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
+    """diffusers' `StableDiffusion3Pipeline` with one more call argument, ``guidance=``.
+
+    Build it like the stock pipeline (``from_pretrained``, ``from_single_file``) or convert a loaded one
+    without copying weights: ``StableDiffusion3NegGuidePipeline.from_pipe(stock_pipe)``.
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        prompt_2: str | list[str] | None = None,
+        prompt_3: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 28,
+        sigmas: list[float] | None = None,
+        guidance_scale: float = 7.0,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        negative_prompt_3: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        joint_attention_kwargs: dict[str, Any] | None = None,
+        clip_skip: int | None = None,
+        callback_on_step_end: Callback | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        max_sequence_length: int = 256,
+        mu: float | None = None,
+        guidance: GuidanceArg = None,
+    ) -> StableDiffusion3PipelineOutput | tuple:
+        r"""Generate images; the arguments are diffusers' `StableDiffusion3Pipeline.__call__` arguments, plus:
+
+        Args:
+            guidance (`GuidanceModule`, `str`, or a list of them, *optional*):
+                How negatives act: a combiner such as ``NegativePrompts([Negative("blurry", start=0.2)])`` or
+                ``PerpNeg(["blurry"])``, any number of patchers, or a registry name that builds the module from
+                ``negative_prompt``. ``None`` is diffusers' standard guidance, output for output. Patchers see the
+                image tokens of the transformer's attention outputs only, never the text tokens; choose NegToMe's
+                layers by their names here, e.g. ``NegToMe(layers=r"^transformer_blocks\.")``.
+
+        Differences from the stock pipeline:
+
+        * a single string ``negative_prompt`` serves a list of prompts; ``prompt_2``, ``prompt_3`` and their
+          negative lists must hold one text per prompt;
+        * ``clip_skip`` applies to every text (diffusers applies it to the prompt only);
+        * step-end callbacks see the conditioning rows of the step's batch, in batch order; embeddings they
+          return are not used, while ``latents`` and ``pipe._guidance_scale`` changes are honoured;
+        * IP-Adapter inputs and skip-layer guidance are not supported.
+
+        Returns:
+            `StableDiffusion3PipelineOutput` or ``(images,)``.
+        """
+        callback_names = callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        height = height or self.default_sample_size * self.vae_scale_factor
+        width = width or self.default_sample_size * self.vae_scale_factor
+        self.check_inputs(
+            prompt,
+            prompt_2,
+            prompt_3,
+            height,
+            width,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            negative_prompt_3=negative_prompt_3,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            callback_on_step_end_tensor_inputs=callback_names,
+            max_sequence_length=max_sequence_length,
+        )
+        self._guidance_scale = guidance_scale
+        self._clip_skip = clip_skip
+        self._joint_attention_kwargs = joint_attention_kwargs
+        self._interrupt = False
+        device = self._execution_device
+        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.transformer.dtype
+
+        call = call_info(
+            (prompt, prompt_2, prompt_3),
+            (negative_prompt, negative_prompt_2, negative_prompt_3),
+            prompt_embeds,
+            negative_prompt_embeds,
+            num_images_per_prompt,
+        )
+        latents = self.prepare_latents(
+            call.num_images, self.transformer.config.in_channels, height, width, dtype, device, generator, latents
+        )
+        patch_size = self.transformer.config.patch_size
+        num_image_tokens = (latents.shape[2] // patch_size) * (latents.shape[3] // patch_size)
+        if mu is None and self.scheduler.config.get("use_dynamic_shifting", None):
+            mu = flow_shift(self, num_image_tokens, default_max_shift=1.16)
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device, sigmas=sigmas, **({} if mu is None else {"mu": mu})
+        )
+        given = given_conditions(
+            prompt_embeds,
+            pooled_prompt_embeds,
+            negative_prompt_embeds,
+            negative_pooled_prompt_embeds,
+            pooled_field="pooled_projections",
+            device=device,
+            dtype=dtype,
+        )
+        guide = Guide(
+            guidance,
+            call=call,
+            timesteps=timesteps.tolist(),
+            encode=self._text_encoding(device, max_sequence_length),
+            given=given,
+            negative_prompt=negative_prompt,
+        )
+
+        context = flow_patch_context(self, latents.shape[1:], height, width, timesteps)
+        with patched(guide, self.transformer, context, num_image_tokens):
+            latents = denoising_loop(
+                self,
+                guide,
+                latents,
+                timesteps,
+                num_inference_steps,
+                denoiser=self._denoiser,
+                guidance=lambda: (self.guidance_scale, self.do_classifier_free_guidance),
+                callback=callback_on_step_end,
+                callback_names=callback_names,
+                callback_tensors=lambda latents, fields: {
+                    "latents": latents,
+                    "prompt_embeds": fields["encoder_hidden_states"],
+                    "pooled_prompt_embeds": fields["pooled_projections"],
+                },
+            )
+
+        image = decode_flow_latents(self, latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return StableDiffusion3PipelineOutput(images=image)
+
+    def _text_encoding(self, device: torch.device, max_sequence_length: int) -> Callable[[list[Text]], Fields]:
+        """The call's text encoder: diffusers' `encode_prompt` with its two CLIP encoders and T5."""
+        lora_scale = (self.joint_attention_kwargs or {}).get("scale")
+
+        def encode(texts: list[Text]) -> Fields:
+            prompt, prompt_2, prompt_3 = encoder_columns(texts, 3)
+            embeds, _, pooled, _ = self.encode_prompt(
+                prompt,
+                prompt_2,
+                prompt_3,
+                device=device,
+                do_classifier_free_guidance=False,
+                clip_skip=self.clip_skip,
+                max_sequence_length=max_sequence_length,
+                lora_scale=lora_scale,
+            )
+            return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+
+        return encode
+
+    def _denoiser(self, t: torch.Tensor) -> Denoiser:
+        """The transformer at timestep ``t``, for any number of rows."""
+
+        def denoise(rows: torch.Tensor, fields: Fields) -> torch.Tensor:
+            return self.transformer(
+                hidden_states=rows,
+                timestep=t.expand(len(rows)),
+                encoder_hidden_states=fields["encoder_hidden_states"],
+                pooled_projections=fields["pooled_projections"],
+                joint_attention_kwargs=self.joint_attention_kwargs,
+                return_dict=False,
+            )[0]
+
+        return denoise

@@ -1,0 +1,119 @@
+"""The web demo served on 127.0.0.1 and called with `gradio_client`: readable errors that leave the app serving,
+downloads that carry the batch command's metadata, and eight clients at once served in queue order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import PIL.Image
+import pytest
+from demo_helpers import FAST, generate_arguments, served, tiny_pipeline
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from gradio_client.utils import Status
+
+from negguide.demo.app import build_demo
+from negguide.metadata import parse_infotext, read_png_metadata
+from negguide.pipelines import StableDiffusionNegGuidePipeline
+
+CLIENTS = 8
+COLUMNS = 3  # the plain prompt, the standard negative, Perp-Neg
+
+
+class RecordingPipeline(StableDiffusionNegGuidePipeline):
+    """Records the prompt of every call, in the order the calls start."""
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(kwargs["prompt"][0])
+        return super().__call__(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple]:
+    pipe = tiny_pipeline(RecordingPipeline)
+    pipe.calls = []
+    demo = build_demo(pipeline=pipe)
+    with served(demo) as url:
+        yield demo, url, pipe.calls
+
+
+def gallery_files(result: tuple) -> list[tuple[str, str]]:
+    """The downloaded files and captions of the gallery, which the endpoint updates with its columns."""
+    [gallery] = [output["value"] for output in result if isinstance(output, dict) and "columns" in output]
+    return [(item["image"], item["caption"]) for item in gallery]
+
+
+def test_bad_requests_get_readable_errors_and_the_app_keeps_serving(server, tmp_path: Path) -> None:
+    demo, url, _ = server
+    client = Client(url, verbose=False)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    other = tmp_path / "notes.txt"
+    other.write_text("not an image")
+    huge = tmp_path / "huge.png"
+    PIL.Image.new("L", (5000, 4000)).save(huge)
+    reference = {"methods": ["negtome"], "negtome.mode": "reference"}
+    bad = [
+        ({"prompt": ""}, "`Prompt` is empty"),
+        ({"steps": 1000}, "1000 is greater than maximum value 100"),
+        ({"perpneg.negative_scale": -2.0}, "`Perp-Neg settings`: perpneg: `negative_scale` must be >= 0"),
+        ({**reference, "reference": text}, "`Reference image`: notes.png is not an image that can be read"),
+        ({**reference, "reference": other}, "Invalid file type"),
+        ({**reference, "reference": huge}, "`Reference image` is 5000x4000 pixels"),
+    ]
+    for values, message in bad:
+        with pytest.raises(AppError, match=message):
+            client.predict(*generate_arguments(demo, {**FAST, **values}), api_name="/generate")
+    result = client.predict(*generate_arguments(demo, {**FAST, "prompt": "a green circle"}), api_name="/generate")
+    assert [caption for _, caption in gallery_files(result)] == ["plain prompt", "standard negative", "Perp-Neg"]
+
+
+def test_downloads_are_pngs_with_the_batch_metadata(server, tmp_path: Path) -> None:
+    demo, url, _ = server
+    client = Client(url, verbose=False, download_files=str(tmp_path))
+    values = {
+        **FAST,
+        "prompt": "a yellow square",
+        "seed": 11,
+        "methods": ["negtome"],
+        "images": 2,
+        "reference": None,
+        "negtome.mode": "batch",
+    }
+    files = gallery_files(client.predict(*generate_arguments(demo, values), api_name="/generate"))
+    assert [caption for _, caption in files] == [
+        f"{title}, seed {seed}" for title in ("plain prompt", "standard negative", "NegToMe") for seed in (11, 12)
+    ]
+    for path, _ in files:
+        with PIL.Image.open(path) as image:
+            assert image.format == "PNG"
+        parameters, config = read_png_metadata(path)
+        assert parse_infotext(parameters)["Prompt"] == "a yellow square"
+        assert config["job"]["prompt"] == "a yellow square" and config["job"]["steps"] == FAST["steps"]
+
+
+def test_eight_clients_at_once_all_served_in_queue_order(server) -> None:
+    demo, url, calls = server
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        clients = list(pool.map(lambda _: Client(url, verbose=False), range(CLIENTS)))
+    calls.clear()
+    prompts = [f"a red circle number {i}" for i in range(CLIENTS)]
+    jobs = []
+    for client, prompt in zip(clients, prompts):
+        jobs.append(client.submit(*generate_arguments(demo, {**FAST, "prompt": prompt}), api_name="/generate"))
+        _wait_until_queued(jobs[-1])
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = list(pool.map(lambda job: job.result(timeout=120), jobs))
+    assert [len(gallery_files(result)) for result in results] == [COLUMNS] * CLIENTS
+    assert calls == [prompt for prompt in prompts for _ in range(COLUMNS)]
+
+
+def _wait_until_queued(job, timeout_s: float = 30.0) -> None:
+    """Until the server has put ``job`` in its queue, so that the next one lines up behind it."""
+    deadline = time.monotonic() + timeout_s
+    while job.status().code in (Status.STARTING, Status.JOINING_QUEUE) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.status().code not in (Status.STARTING, Status.JOINING_QUEUE), "the job never reached the queue"
