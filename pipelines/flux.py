@@ -82,9 +82,9 @@ class FluxNegGuidePipeline(FluxPipeline):
                 ``PerpNeg(["blurry"])``, any number of patchers, or a registry name that builds the module from
                 ``negative_prompt``. ``None`` is the stock pipeline's true CFG, output for output. The combiner's
                 scale is ``true_cfg_scale``; ``guidance_scale`` stays the network's embedded guidance. Patchers see
-                the image tokens of the transformer's attention outputs only, never the text tokens; choose
-                NegToMe's layers by their names here, e.g. ``NegToMe(layers=r"transformer_blocks\.",
-                threshold=0.65, stop=0.1)`` (joint and single blocks, the paper's Flux settings).
+                the image tokens of the transformer's attention outputs only, never the text tokens; NegToMe's
+                default layers are the joint and single blocks, e.g. ``NegToMe(threshold=0.65, stop=0.1)``
+                (the paper's Flux settings).
 
         Guidance runs when ``true_cfg_scale > 1`` and there is something negative (a ``negative_prompt``, even
         ``""``, negative embeddings, or a module's own negatives), as in the stock pipeline; a negative with

@@ -79,8 +79,8 @@ class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
                 How negatives act: a combiner such as ``NegativePrompts([Negative("blurry", start=0.2)])`` or
                 ``PerpNeg(["blurry"])``, any number of patchers, or a registry name that builds the module from
                 ``negative_prompt``. ``None`` is diffusers' standard guidance, output for output. Patchers see the
-                image tokens of the transformer's attention outputs only, never the text tokens; choose NegToMe's
-                layers by their names here, e.g. ``NegToMe(layers=r"^transformer_blocks\.")``.
+                image tokens of the transformer's attention outputs only, never the text tokens; NegToMe's default
+                layers are the joint blocks (``NegToMe(layers=...)`` picks others by name).
 
         Differences from the stock pipeline:
 

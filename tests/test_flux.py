@@ -29,8 +29,7 @@ from negguide.pipelines import FluxNegGuidePipeline
 REPO = Path(__file__).resolve().parents[1]
 CALL = {"height": SIZE, "width": SIZE, "max_sequence_length": MAX_SEQUENCE_LENGTH}
 TRUE_CFG = {**CALL, "true_cfg_scale": 4.0}
-LAYERS = r"transformer_blocks\."  # joint and single blocks
-EVERYWHERE = {"threshold": -1.0, "stop": 1.0, "layers": LAYERS}
+EVERYWHERE = {"threshold": -1.0, "stop": 1.0}  # default layers: the transformer blocks
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +130,7 @@ def test_batch_equals_items_run_one_by_one(pipe):
 def test_negtome_acts_inside_its_window_only_and_leaves_no_hooks(pipe):
     before = hook_count(pipe.transformer)
     plain = latents_per_step(pipe, **CALL)
-    patched = latents_per_step(pipe, guidance=NegToMe(threshold=-1.0, start=0.5, stop=1.0, layers=LAYERS), **CALL)
+    patched = latents_per_step(pipe, guidance=NegToMe(threshold=-1.0, start=0.5, stop=1.0), **CALL)
     assert [torch.equal(a, b) for a, b in zip(plain, patched)] == [True, True, False, False]
     images, expected = run(pipe, guidance=NegToMe(**EVERYWHERE), **CALL), run(pipe, **CALL)
     assert [not torch.equal(a, b) for a, b in zip(images, expected)] == [False, True, False, True]
@@ -146,7 +145,7 @@ def test_negtome_acts_inside_its_window_only_and_leaves_no_hooks(pipe):
 
 def test_negtome_reference_rows_are_packed_latents(pipe, transformer_rows):
     pixels = np.random.default_rng(0).integers(0, 256, (24, 20, 3), dtype=np.uint8)
-    module = NegToMe(mode="reference", reference=PIL.Image.fromarray(pixels), layers=LAYERS, threshold=-1.0, stop=0.5)
+    module = NegToMe(mode="reference", reference=PIL.Image.fromarray(pixels), threshold=-1.0, stop=0.5)
     images = run(pipe, guidance=module, num_inference_steps=4, **CALL)
     assert images.shape == (4, 3, SIZE, SIZE)
     assert transformer_rows.rows == [4 + 2, 4 + 2, 4, 4]  # one reference row per prompt inside the window

@@ -27,8 +27,7 @@ from negguide.pipelines import StableDiffusion3NegGuidePipeline
 
 REPO = Path(__file__).resolve().parents[1]
 CALL = {"height": SIZE, "width": SIZE, "max_sequence_length": MAX_SEQUENCE_LENGTH}
-LAYERS = r"^transformer_blocks\."
-EVERYWHERE = {"threshold": -1.0, "stop": 1.0, "layers": LAYERS}
+EVERYWHERE = {"threshold": -1.0, "stop": 1.0}  # default layers: the transformer blocks
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +126,7 @@ def test_dropped_branches_cost_nothing(pipe, transformer_rows):
 def test_negtome_acts_on_image_tokens_inside_its_window_only_and_leaves_no_hooks(pipe):
     before = hook_count(pipe.transformer)
     plain = latents_per_step(pipe, **CALL)
-    patched = latents_per_step(pipe, guidance=NegToMe(threshold=-1.0, start=0.5, stop=1.0, layers=LAYERS), **CALL)
+    patched = latents_per_step(pipe, guidance=NegToMe(threshold=-1.0, start=0.5, stop=1.0), **CALL)
     assert [torch.equal(a, b) for a, b in zip(plain, patched)] == [True, True, False, False]
     images, expected = run(pipe, guidance=NegToMe(**EVERYWHERE), **CALL), run(pipe, **CALL)
     assert [not torch.equal(a, b) for a, b in zip(images, expected)] == [False, True, False, True]

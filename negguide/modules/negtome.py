@@ -29,6 +29,7 @@ from negguide.token_merging import negtome_merge
 MODES = ("batch", "reference")
 ANCHORS = ("first", "nearest")
 ATTENTION_TYPES = (Attention, AttentionModuleMixin)
+DEFAULT_LAYERS = r"^(up_blocks|transformer_blocks|single_transformer_blocks)\."
 
 
 @register_guidance("negtome")
@@ -67,9 +68,11 @@ class NegToMe(Patcher):
         mask (*optional*): reference mode only: the reference pixels whose tokens may be matched (white). One
             mask for every reference or one per reference, each of its reference's size, binary-like: a PIL
             image, an image path or data URI, or a 2-D array or tensor in ``[0, 1]``. Stored as 0/255 images.
-        layers (`str`, defaults to ``r"^up_blocks\."``): regular expression searched in the model's module
-            names; the matching attention modules (diffusers ``Attention``) are hooked, as in the paper's SDXL
-            code. A pattern that matches no attention module raises a ValueError when the call starts.
+        layers (`str`, defaults to ``DEFAULT_LAYERS``): regular expression searched in the model's module
+            names; the matching attention modules (diffusers ``Attention``) are hooked. The default takes a
+            UNet's ``up_blocks`` (the paper's SDXL code) and a transformer's joint and single blocks (the
+            paper's Flux code; SD3's joint blocks). A pattern that matches no attention module raises a
+            ValueError when the call starts.
         min_scale (`float`, defaults to 0.25): act only on layers whose token grid side is at least this
             fraction of the latent side (the paper's SDXL code: feature maps of side >= 32 for 128 latents).
         seed (`int`, defaults to 0): seed of the generator that noises the reference images.
@@ -86,7 +89,7 @@ class NegToMe(Patcher):
     anchor: str = "first"
     reference: tuple[ImageLike, ...] = ()
     mask: tuple[ImageLike, ...] | None = None
-    layers: str = r"^up_blocks\."
+    layers: str = DEFAULT_LAYERS
     min_scale: float = 0.25
     seed: int = 0
 
