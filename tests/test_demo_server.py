@@ -21,6 +21,7 @@ from negguide.pipelines import StableDiffusionNegGuidePipeline
 
 CLIENTS = 8
 COLUMNS = 3  # the plain prompt, the standard negative, Perp-Neg
+QUEUED = (Status.IN_QUEUE,)
 
 
 class RecordingPipeline(StableDiffusionNegGuidePipeline):
@@ -104,16 +105,31 @@ def test_eight_clients_at_once_all_served_in_queue_order(server) -> None:
     jobs = []
     for client, prompt in zip(clients, prompts):
         jobs.append(client.submit(*generate_arguments(demo, {**FAST, "prompt": prompt}), api_name="/generate"))
-        _wait_until_queued(jobs[-1])
+        _wait_until(jobs[-1], QUEUED)
     with ThreadPoolExecutor(CLIENTS) as pool:
         results = list(pool.map(lambda job: job.result(timeout=120), jobs))
     assert [len(gallery_files(result)) for result in results] == [COLUMNS] * CLIENTS
     assert calls == [prompt for prompt in prompts for _ in range(COLUMNS)]
 
 
-def _wait_until_queued(job, timeout_s: float = 30.0) -> None:
-    """Until the server has put ``job`` in its queue, so that the next one lines up behind it."""
+def _wait_until(job, states: tuple[Status, ...], timeout_s: float = 60.0) -> None:
+    """Until ``job`` reaches one of ``states`` (or a later one) on the server."""
+    order = list(Status)
     deadline = time.monotonic() + timeout_s
-    while job.status().code in (Status.STARTING, Status.JOINING_QUEUE) and time.monotonic() < deadline:
+    while order.index(job.status().code) < min(map(order.index, states)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert job.status().code not in (Status.STARTING, Status.JOINING_QUEUE), "the job never reached the queue"
+    assert order.index(job.status().code) >= min(map(order.index, states)), f"{job.status().code} after {timeout_s} s"
+
+
+def test_a_cancelled_generation_stops_and_the_next_one_runs(server) -> None:
+    demo, url, calls = server
+    client = Client(url, verbose=False)
+    calls.clear()
+    slow = {"prompt": "a slow red circle", "steps": 40}
+    job = client.submit(*generate_arguments(demo, slow), api_name="/generate")
+    _wait_until(job, (Status.PROCESSING, Status.ITERATING, Status.PROGRESS))
+    assert job.cancel()
+    result = client.predict(*generate_arguments(demo, {**FAST, "prompt": "a green square"}), api_name="/generate")
+    assert len(gallery_files(result)) == COLUMNS
+    assert calls.count(slow["prompt"]) < COLUMNS
+    assert job.status().code == Status.CANCELLED
