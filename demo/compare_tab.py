@@ -109,9 +109,7 @@ def _form(defaults: Mapping[str, Any], fields: Sequence[SettingField]) -> dict[s
         elem_id="methods",
     )
     with gr.Row():
-        controls["seed"] = gr.Number(
-            label="Seed", value=defaults["seed"], minimum=0, maximum=MAX_SEED, elem_id="seed"
-        )
+        controls["seed"] = gr.Number(label="Seed", value=defaults["seed"], minimum=0, maximum=MAX_SEED, elem_id="seed")
         controls["random_seed"] = gr.Checkbox(label="random", value=defaults["random_seed"], elem_id="random-seed")
         controls["images"] = gr.Slider(
             1, MAX_IMAGES, value=defaults["images"], step=1, label="Images per method", elem_id="images"

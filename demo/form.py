@@ -44,7 +44,7 @@ def form_defaults(model: ModelInfo, fields: Sequence[SettingField]) -> dict[str,
 def read_form(values: Mapping[str, Any], fields: Sequence[SettingField]) -> Comparison:
     """The `Comparison` the page asks for (``values`` as `form_defaults` lists them; a missing one takes the
     `Comparison` default)."""
-    numbers = {name: values[name] for name in NUMBERS if values.get(name) is not None}
+    numbers = {name: values[name] for name in NUMBERS if name in values}
     seed = secrets.randbelow(MAX_SEED + 1) if values.get("random_seed") else values.get("seed", 0)
     return Comparison(
         prompt=values.get("prompt", ""),

@@ -151,18 +151,22 @@ def read_settings(fields: Sequence[SettingField], values: Mapping[str, Any]) -> 
     changed; a nested dataclass whose switch is on is given whole, one whose switch is off is ``None``.
     """
     settings: dict[str, dict[str, Any]] = {}
-    switched_off = {field.path for field in fields if field.switch and not values.get(field.key, field.default)}
+    off = {field.key for field in fields if field.switch and not values.get(field.key, field.default)}
     for field in fields:
-        if any(field.path[: len(off)] == off for off in switched_off) and field.path not in switched_off:
-            continue
+        if any(field.key.startswith(f"{key}.") for key in off):
+            continue  # a setting of a nested dataclass that is switched off
         target = settings.setdefault(field.module, {})
         for part in field.path[:-1]:
             target = target.setdefault(part, {})
-        value = _whole(field, values.get(field.key, field.default))
-        if field.switch and (field.path not in switched_off or field.default):
-            target[field.path[-1]] = None if field.path in switched_off else {}
-        elif not field.switch and (len(field.path) > 1 or value != field.default):
-            target[field.path[-1]] = value
+        name = field.path[-1]
+        if field.switch and field.key not in off:
+            target[name] = {}
+        elif field.switch and field.default:
+            target[name] = None
+        elif not field.switch:
+            value = _whole(field, values.get(field.key, field.default))
+            if len(field.path) > 1 or value != field.default:
+                target[name] = value
     return settings
 
 

@@ -135,7 +135,10 @@ BAD_INPUT = {
     ),
     "window backwards": ({"negatives": [["blue", 1, 0.8, 0.2]]}, r"`Negatives`, row 1: `Negative.start` \(0.8\)"),
     "weight as words": ({"negatives": [["blue", "heavy", 0, 1]]}, r"row 1: `weight` must be a number, got 'heavy'"),
-    "negative scale below 0": ({"perpneg.negative_scale": -1.0}, "`Perp-Neg settings`: perpneg: `negative_scale` must be >= 0"),
+    "negative scale below 0": (
+        {"perpneg.negative_scale": -1.0},
+        "`Perp-Neg settings`: perpneg: `negative_scale` must be >= 0",
+    ),
     "NaN azimuth": ({"perpneg.view": True, "perpneg.view.azimuth": float("nan")}, "`View.azimuth` must be a finite"),
     "unknown method": ({"methods": ["nag"]}, "`Methods`: unknown 'nag'"),
     "NegToMe batch mode with one image": ({"methods": ["negtome"]}, "`Images per method`: NegToMe in batch mode"),
@@ -160,6 +163,11 @@ def test_uploads_that_are_not_images_or_too_large_are_refused(model: DemoModel, 
         run(model, tmp_path, methods=["negtome"], negtome__mode="reference", reference=huge)
     with pytest.raises(ValueError, match="`Mask` needs a `Reference image`"):
         run(model, tmp_path, mask=solid_png(tmp_path / "mask.png", (64, 64)))
+
+
+def test_a_random_seed_replaces_the_seed_field(model: DemoModel) -> None:
+    seeds = {read_form(values(model, random_seed=True, seed=None), FIELDS).seed for _ in range(3)}
+    assert len(seeds) > 1 and all(0 <= seed < 2**32 for seed in seeds)
 
 
 def test_comparison_checks_direct_construction() -> None:
