@@ -12,6 +12,7 @@ from collections.abc import Callable
 import gradio as gr
 from diffusers import DiffusionPipeline
 
+from negguide.demo.analyse_tab import analyse_tab
 from negguide.demo.command import DEFAULT_HOST
 from negguide.demo.compare_tab import compare_tab
 from negguide.demo.model import DemoModel
@@ -22,7 +23,7 @@ The plain prompt, the standard negative prompt and the methods you pick, on the 
 The default model is the embedded shapes world: coloured shapes on white, captions like *a red circle and a blue
 square*, where every object has a companion the captions often leave out.
 """
-TABS: tuple[tuple[str, Callable[[DemoModel], None]], ...] = (("Compare", compare_tab),)
+TABS: tuple[tuple[str, Callable[[DemoModel], None]], ...] = (("Compare", compare_tab), ("Analyse", analyse_tab))
 """The app's tabs: a title and a function that builds the tab's content in the current Blocks context."""
 MAX_FILE_SIZE = "20mb"
 CACHE_CLEANUP = (3600, 24 * 3600)

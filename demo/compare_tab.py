@@ -6,6 +6,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,22 +189,30 @@ def generate_handler(
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio reads it from the signature
     ) -> Iterator[dict[Component, Any]]:
         start = time.perf_counter()
-        try:
+        with failure():
             comparison = read_form({keys[component]: value for component, value in values.items()}, fields)
             with tempfile.TemporaryDirectory(prefix="negguide-demo-") as folder:
                 done: list[Column] = []
                 for column in compare(model, comparison, Path(folder), lambda i, n, name: progress((i, n), desc=name)):
                     done.append(column)
                     yield outputs.show(comparison, done, time.perf_counter() - start)
-        except (TypeError, ValueError) as error:
-            raise page_error(str(error)) from None
-        except gr.Error:
-            raise
-        except Exception as error:
-            logger.exception("generation failed")
-            raise page_error(f"Generation failed: {type(error).__name__}: {error}") from None
 
     return generate
+
+
+@contextmanager
+def failure() -> Iterator[None]:
+    """Turn what an event raises into a `gr.Error` for the page: bad input as its message, any other failure as
+    "Generation failed" with its type (and logged with its trace)."""
+    try:
+        yield
+    except (TypeError, ValueError) as error:
+        raise page_error(str(error)) from None
+    except gr.Error:
+        raise
+    except Exception as error:
+        logger.exception("generation failed")
+        raise page_error(f"Generation failed: {type(error).__name__}: {error}") from None
 
 
 def page_error(message: str) -> gr.Error:

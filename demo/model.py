@@ -6,12 +6,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import PIL.Image
 from diffusers import DiffusionPipeline
 
 from negguide.generate import Batch, ModelInfo, generate_images, read_model
 from negguide.loading import load_pipeline
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -54,9 +57,13 @@ class DemoModel:
         """Whether the pipeline has been made."""
         return self._pipe is not None
 
-    def generate(self, batch: Batch) -> list[PIL.Image.Image]:
-        """The images of ``batch`` from one pipeline call, made exactly as ``negguide generate`` makes them."""
+    def call(self, work: Callable[[DiffusionPipeline], T]) -> T:
+        """``work(pipeline)``, with the pipeline made on first use and one call at a time."""
         with self._lock:
             if self._pipe is None:
                 self._pipe = self.load()
-            return generate_images(self._pipe, batch)
+            return work(self._pipe)
+
+    def generate(self, batch: Batch) -> list[PIL.Image.Image]:
+        """The images of ``batch`` from one pipeline call, made exactly as ``negguide generate`` makes them."""
+        return self.call(lambda pipe: generate_images(pipe, batch))

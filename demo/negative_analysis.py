@@ -1,0 +1,163 @@
+"""The "Analyse" tab's work: when a negative takes effect, and the adaptive removal of an object.
+
+Both follow Ban et al., "Understanding the Impact of Negative Prompts: When and How Do They Take Effect?"
+(arXiv 2406.02965): `analyse` runs `negguide.analyze_negative` (per step, how far the negative's prediction
+is from the empty prompt's, how much of the prompt's direction it shares, how much cross-attention its tokens
+get) and `remove` runs `negguide.remove_object` (the shortest delayed negative window that removes the object,
+regenerated from the same initial latents), on the demo's model, one generation at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import PIL.Image
+
+from negguide.analysis import METRICS, AnalysisResult, analyze_negative
+from negguide.demo.comparison import MAX_SCALE, MAX_SEED, MAX_STEPS, bounded, whole
+from negguide.demo.model import DemoModel
+from negguide.loading import EMBEDDED_MODEL_NAME
+from negguide.removal import SEARCHES, RemovalResult, remove_object
+
+CSV_NAME = "negative-analysis.csv"
+ANALYSIS_DEFAULTS = {
+    "prompt": "a red circle",
+    "negative": "red square",
+    "seed": 0,
+    "steps": 20,
+    "guidance_scale": 7.5,
+    "start": 0.0,
+    "stop": 1.0,
+    "removal_start": 0.2,
+    "search": "linear",
+}
+"""The tab's controls and their initial values."""
+
+
+@dataclass(frozen=True)
+class NegativeRun:
+    """One request of the tab, checked on construction; errors name the page's controls.
+
+    Args:
+        prompt (`str`): the prompt.
+        negative (`str`): the negative prompt: the object to remove, for `remove`.
+        seed (`int`): the seed of the initial latents.
+        steps (`int`), guidance_scale (`float`): the pipeline call's settings; the scale must be > 1, since the
+            negative acts through classifier-free guidance.
+        start (`float`), stop (`float`): the negative's window ``[start, stop)`` for `analyse`, in fractions of
+            the run.
+        removal_start (`float`): the fraction of the run before the adaptive negative starts, for `remove`.
+        search (`str`): ``"linear"`` (the paper's scan) or ``"bisect"``, for `remove`.
+    """
+
+    prompt: str
+    negative: str
+    seed: int = 0
+    steps: int = 20
+    guidance_scale: float = 7.5
+    start: float = 0.0
+    stop: float = 1.0
+    removal_start: float = 0.2
+    search: str = "linear"
+
+    def __post_init__(self) -> None:
+        for name, label, example in (("prompt", "Prompt", "a red circle"), ("negative", "Negative", "red square")):
+            text = getattr(self, name)
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"`{label}` is empty: write one, e.g. {example!r}.")
+            object.__setattr__(self, name, text.strip())
+        object.__setattr__(self, "seed", whole(self.seed, "Seed", 0, MAX_SEED))
+        object.__setattr__(self, "steps", whole(self.steps, "Steps", 1, MAX_STEPS))
+        scale = bounded(self.guidance_scale, "Guidance scale", 0.0, MAX_SCALE)
+        if scale <= 1:
+            raise ValueError(f"`Guidance scale` must be above 1, got {scale}: a negative acts through guidance.")
+        object.__setattr__(self, "guidance_scale", scale)
+        start = bounded(self.start, "Negative from", 0.0, 1.0)
+        stop = bounded(self.stop, "Negative until", 0.0, 1.0)
+        if start >= stop:
+            raise ValueError(f"`Negative from` ({start}) must be before `Negative until` ({stop}).")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "stop", stop)
+        removal_start = bounded(self.removal_start, "Removal starts at", 0.0, 1.0)
+        if removal_start >= 1:
+            raise ValueError("`Removal starts at` must be below 1: it is the part of the run before the negative.")
+        object.__setattr__(self, "removal_start", removal_start)
+        if self.search not in SEARCHES:
+            raise ValueError(f"`Search` must be one of {', '.join(SEARCHES)}, got {self.search!r}.")
+
+
+@dataclass(frozen=True)
+class AnalysisView:
+    """What `analyse` shows: the plot, the run's image, the CSV file and a line on the negative's onset."""
+
+    plot: PIL.Image.Image
+    image: PIL.Image.Image
+    csv: Path
+    summary: str
+
+
+def analyse(model: DemoModel, run: NegativeRun, folder: Path) -> AnalysisView:
+    """Run `negguide.analyze_negative` at the model's native size; the per-step CSV is written into ``folder``."""
+    result = model.call(
+        lambda pipe: analyze_negative(
+            pipe,
+            run.prompt,
+            run.negative,
+            run.seed,
+            steps=run.steps,
+            guidance_scale=run.guidance_scale,
+            start=run.start,
+            stop=run.stop,
+            height=model.info.height,
+            width=model.info.width,
+        )
+    )
+    return AnalysisView(result.plot_image(), result.images[0], result.to_csv(folder / CSV_NAME), onset_summary(result))
+
+
+def onset_summary(result: AnalysisResult) -> str:
+    """Where each curve first reaches halfway between its lowest and highest values (`AnalysisResult.onset`)."""
+    parts = []
+    for metric in (name for name in METRICS if name in result.metrics):
+        step = result.onset(metric)
+        parts.append(f"{metric.replace('_', ' ')}: {'never' if step is None else f'step {step}'}")
+    return f"Onset (first step halfway up each curve) of {result.num_steps}: " + "; ".join(parts) + "."
+
+
+def remove(model: DemoModel, run: NegativeRun) -> RemovalResult:
+    """Run `negguide.remove_object` for ``run.negative`` with the shapes-world detector.
+
+    Raises:
+        ValueError: the model is not the embedded shapes world, the only one the built-in detector can judge.
+    """
+    if model.info.name != EMBEDDED_MODEL_NAME:
+        raise ValueError(
+            "Adaptive removal in the demo judges images with the shapes-world detector, which only knows the "
+            f"embedded model's world, not {model.info.name!r}. In Python, pass your own detector: "
+            "negguide.remove_object(pipe, prompt, obj, detector=...)."
+        )
+    return model.call(
+        lambda pipe: remove_object(
+            pipe,
+            run.prompt,
+            run.negative,
+            run.seed,
+            start=run.removal_start,
+            search=run.search,
+            steps=run.steps,
+            guidance_scale=run.guidance_scale,
+            height=model.info.height,
+            width=model.info.width,
+        )
+    )
+
+
+def removal_gallery(result: RemovalResult) -> list[tuple[PIL.Image.Image, str]]:
+    """The plain image, then every trial labelled with its window and the detector's verdict."""
+    items = [(result.plain_image, "plain prompt")]
+    for trial in result.trials:
+        start, stop = trial.fractions
+        verdict = "still there" if trial.present else "removed"
+        items.append((trial.image, f"negative {start:.2f}-{stop:.2f}: {verdict}"))
+    return items
