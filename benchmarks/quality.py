@@ -34,6 +34,9 @@ from negguide.modules.base import registered
 from negguide.shapes import COMPANIONS, detect
 from negguide.shapes.cases import negative_cases, quality_cases
 
+COMPANION_KINDS = ("companion", "overlap-colour", "overlap-shape")
+"""The cases whose negative names the one-object prompt's frequent companion."""
+
 
 def call_kwargs(method: str, negative: str | None) -> dict[str, Any]:
     """The pipeline arguments that apply ``method`` with ``negative``."""
@@ -82,7 +85,7 @@ def main() -> None:
     started = time.perf_counter()
 
     def detections(prompt: str, method: str, negative: str | None) -> list:
-        key = (prompt, method if negative else "none", negative)
+        key = (prompt, "none", None) if method == "none" or negative is None else (prompt, method, negative)
         if key not in cache:
             images = generate(pipe, prompt, seeds, call_kwargs(method, negative), args)
             cache[key] = [detect(image) for image in images]
@@ -105,14 +108,24 @@ def main() -> None:
         print(f"\n### Negatives ({args.seeds} seeds, {args.steps} steps, CFG {args.scale})\n")
         print("| kind | prompt | negative | method | negative present % | prompted kept % | named objects % |")
         print("|---|---|---|---|---|---|---|")
+        goal: dict[str, list[bool]] = {method: [] for method in methods}
         for case in negative_cases():
+            rates = {}
             for method in ["none", *methods]:
                 dets = detections(case.prompt, method, case.negative)
                 verdicts = [judge(d, case.prompt, case.negative) for d in dets]
                 n = len(verdicts)
-                print(f"| {case.kind} | {case.prompt} | {case.negative} | {method} | "
-                      f"{pct(sum(not v.negative_removed for v in verdicts) / n)} | "
-                      f"{pct(sum(v.kept for v in verdicts) / n)} | {pct(sum(v.named for v in verdicts) / n)} |")
+                rates[method] = (sum(not v.negative_removed for v in verdicts) / n, sum(v.kept for v in verdicts) / n)
+                print(f"| {case.kind} | {case.prompt} | {case.negative} | {method} | {pct(rates[method][0])} | "
+                      f"{pct(rates[method][1])} | {pct(sum(v.named for v in verdicts) / n)} |")
+            if case.kind in COMPANION_KINDS and rates["none"][0] >= 0.25:
+                for method in methods:
+                    present, kept = rates[method]
+                    goal[method].append(present <= rates["none"][0] / 5 and kept >= 0.9)
+        print("\nCompanion cases whose companion shows in >= 25% of images without a negative, and how many of them "
+              "the method cuts to at most a fifth while keeping the prompted object in >= 90%:")
+        for method, met in goal.items():
+            print(f"- {method}: {sum(met)} of {len(met)}")
     print(f"\n{sum(len(v) for v in cache.values())} images in {time.perf_counter() - started:.0f} s")
 
 
