@@ -1,12 +1,12 @@
 """NegToMe on the shapes world: batch diversity and distance from a reference image, against prompt adherence.
 
-    python benchmarks/negtome_quality.py                        # 72 batches x 4 images, the embedded model
+    python benchmarks/negtome_quality.py                        # 78 prompts x 4 images, the embedded model
     python benchmarks/negtome_quality.py --batches 8 --model /path/to/model
 
-Every batch is one prompt of the suite (``negguide.shapes.cases``: the one- and two-object prompts, cycled,
-each time with new seeds) and ``--images`` images, one CPU generator per image; 64x64, ``--steps`` steps,
-CFG ``--scale``. NegToMe uses its defaults (alpha 0.9, threshold 0.7, the first fifth of the run) unless
-``--alpha``, ``--threshold`` or ``--stop`` say otherwise. Two tables are printed:
+Every batch is one prompt (every one-object prompt of ``negguide.shapes.cases``, then every pair of two
+different objects: 78 prompts, cycled with new seeds when ``--batches`` asks for more) and ``--images`` images,
+one CPU generator per image; 64x64, ``--steps`` steps, CFG ``--scale``. NegToMe uses its defaults (alpha 0.9,
+threshold 0.7, the first fifth of the run) unless ``--alpha``, ``--threshold`` or ``--stop`` say otherwise. Two tables are printed:
 
 1. *Diversity*: the mean pairwise pixel distance within a batch (`negguide.metrics.batch_diversity`) and the
    share of images holding every object their prompt names (the detector's verdict), without NegToMe and
@@ -19,6 +19,7 @@ CFG ``--scale``. NegToMe uses its defaults (alpha 0.9, threshold 0.7, the first 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Sequence
@@ -30,7 +31,8 @@ import negguide
 from negguide import NegToMe
 from negguide.metrics import batch_diversity, judge, parse_prompt, similarity
 from negguide.shapes import ShapeObject, detect, render
-from negguide.shapes.cases import one_object_prompts, two_object_prompts
+from negguide.shapes.cases import one_object_prompts
+from negguide.shapes.world import COLOURS, SHAPES, caption_of
 
 SIZE = 64
 
@@ -45,9 +47,15 @@ def reference_for(prompt: str) -> PIL.Image.Image:
     return render(objects, size=SIZE)
 
 
+def suite_prompts() -> list[str]:
+    """Every one-object prompt, then every two-object prompt of two different objects: 12 + 66 prompts."""
+    objects = [(colour, shape) for colour in sorted(COLOURS) for shape in SHAPES]
+    return one_object_prompts() + [caption_of(pair) for pair in itertools.combinations(objects, 2)]
+
+
 def batch_prompts(count: int) -> list[str]:
-    """The prompt of each of ``count`` batches: the suite's prompts, cycled."""
-    prompts = one_object_prompts() + two_object_prompts()
+    """The prompt of each of ``count`` batches: `suite_prompts`, cycled."""
+    prompts = suite_prompts()
     return [prompts[i % len(prompts)] for i in range(count)]
 
 
@@ -77,7 +85,7 @@ def pct(value: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
-    parser.add_argument("--batches", type=int, default=72, help="prompt batches, cycling through the suite's prompts")
+    parser.add_argument("--batches", type=int, default=78, help="prompt batches, cycling through the 78 prompts")
     parser.add_argument("--images", type=int, default=4, help="images per batch")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--scale", type=float, default=7.5)
@@ -122,8 +130,7 @@ def main() -> None:
 
     base = "without NegToMe"
     header = (
-        f"{args.batches} batches x {args.images} images ({len(one_object_prompts() + two_object_prompts())} prompts "
-        f"cycled), {args.steps} steps, CFG {args.scale}, alpha {args.alpha}, threshold {args.threshold}, "
+        f"{args.batches} batches x {args.images} images ({len(set(prompts))} prompts), {args.steps} steps, CFG {args.scale}, alpha {args.alpha}, threshold {args.threshold}, "
         f"window [0, {args.stop})"
     )
     print(f"\n### Batch diversity: {header}\n")
