@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
     parser.add_argument("--seeds", type=int, default=64, help="images (seeds 0..N-1)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--scale", type=float, default=7.5)
+    parser.add_argument("--scale", type=float, default=5.0)
     parser.add_argument("--cases", type=int, default=None, help="only the first N companion cases")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="folder for the mean analysis curve (analysis.csv, .png)")

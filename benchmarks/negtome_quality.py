@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=78, help="prompt batches, cycling through the 78 prompts")
     parser.add_argument("--images", type=int, default=4, help="images per batch")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--scale", type=float, default=7.5)
+    parser.add_argument("--scale", type=float, default=5.0)
     parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--stop", type=float, default=0.2)

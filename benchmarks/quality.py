@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
     parser.add_argument("--seeds", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--scale", type=float, default=7.5)
+    parser.add_argument("--scale", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--method", action="append", help="repeatable; default: standard")

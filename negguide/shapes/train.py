@@ -46,14 +46,14 @@ def unet_config() -> dict:
             "block_out_channels": (64, 128, 128), "layers_per_block": 2,
             "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
             "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            "cross_attention_dim": 64, "attention_head_dim": 8, "norm_num_groups": 32}
+            "cross_attention_dim": 128, "attention_head_dim": 8, "norm_num_groups": 32}
 
 
 def text_config(tokenizer) -> CLIPTextConfig:
-    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LENGTH,
+    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+                          num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=MAX_LENGTH,
                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id, projection_dim=64)
+                          pad_token_id=tokenizer.pad_token_id, projection_dim=128)
 
 
 class Log:
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--vae-kl", type=float, default=1e-4)
     parser.add_argument("--dataset-size", type=int, default=60000)
-    parser.add_argument("--unet-steps", type=int, default=4000)
+    parser.add_argument("--unet-steps", type=int, default=6000)
     parser.add_argument("--unet-batch", type=int, default=64)
     parser.add_argument("--unet-lr", type=float, default=4e-4)
     parser.add_argument("--caption-dropout", type=float, default=0.1)

@@ -49,9 +49,9 @@ COMPANIONS: dict[tuple[str, str], tuple[str, str]] = {
 
 #: The caption-sampling probabilities of :func:`sample_scene`.
 P_COMPANION = 0.5  # the primary object brings its companion
-P_EXTRA = 0.25  # one more random object
-P_NAME_COMPANION = 0.35  # the caption names the companion
-P_NAME_EXTRA = 0.5  # the caption names the extra object
+P_EXTRA = 0.4  # one more random object
+P_NAME_COMPANION = 0.2  # the caption names the companion
+P_NAME_EXTRA = 0.6  # the caption names the extra object
 P_PHRASE_FORM = 0.2  # a single-object image is captioned "blue square", "blue" or "square"
 
 
