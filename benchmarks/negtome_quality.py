@@ -19,7 +19,6 @@ threshold 0.7, the first fifth of the run) unless ``--alpha``, ``--threshold`` o
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import time
 from collections.abc import Sequence
@@ -31,8 +30,7 @@ import negguide
 from negguide import NegToMe
 from negguide.metrics import batch_diversity, judge, parse_prompt, similarity
 from negguide.shapes import ShapeObject, detect, render
-from negguide.shapes.cases import one_object_prompts
-from negguide.shapes.world import COLOURS, SHAPES, caption_of
+from negguide.shapes.cases import every_pair_prompts, one_object_prompts
 
 SIZE = 64
 
@@ -47,15 +45,9 @@ def reference_for(prompt: str) -> PIL.Image.Image:
     return render(objects, size=SIZE)
 
 
-def suite_prompts() -> list[str]:
-    """Every one-object prompt, then every two-object prompt of two different objects: 12 + 66 prompts."""
-    objects = [(colour, shape) for colour in sorted(COLOURS) for shape in SHAPES]
-    return one_object_prompts() + [caption_of(pair) for pair in itertools.combinations(objects, 2)]
-
-
 def batch_prompts(count: int) -> list[str]:
-    """The prompt of each of ``count`` batches: `suite_prompts`, cycled."""
-    prompts = suite_prompts()
+    """The prompt of each of ``count`` batches: every one-object prompt, then every pair (12 + 66), cycled."""
+    prompts = one_object_prompts() + every_pair_prompts()
     return [prompts[i % len(prompts)] for i in range(count)]
 
 

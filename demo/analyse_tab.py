@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import gradio as gr
 from negguide.demo.compare_tab import GENERATE, failure
 from negguide.demo.comparison import MAX_SCALE, MAX_SEED, MAX_STEPS
 from negguide.demo.model import DemoModel
-from negguide.demo.negative_analysis import ANALYSIS_DEFAULTS, NegativeRun, analyse, removal_gallery, remove
+from negguide.demo.negative_analysis import NegativeRun, analyse, removal_gallery, remove
 from negguide.removal import SEARCHES
 
 ANALYSE, REMOVE = "analyse", "remove"
@@ -22,7 +23,7 @@ ANALYSE, REMOVE = "analyse", "remove"
 
 def analyse_tab(model: DemoModel) -> None:
     """Build the tab in the current Blocks context and wire its events."""
-    defaults = ANALYSIS_DEFAULTS
+    defaults = dataclasses.asdict(NegativeRun())
     with gr.Row():
         with gr.Column(scale=2):
             controls = {

@@ -17,27 +17,15 @@ import PIL.Image
 from negguide.analysis import METRICS, AnalysisResult, analyze_negative
 from negguide.demo.comparison import MAX_SCALE, MAX_SEED, MAX_STEPS, bounded, whole
 from negguide.demo.model import DemoModel
-from negguide.loading import EMBEDDED_MODEL_NAME
 from negguide.removal import SEARCHES, RemovalResult, remove_object
 
 CSV_NAME = "negative-analysis.csv"
-ANALYSIS_DEFAULTS = {
-    "prompt": "a red circle",
-    "negative": "red square",
-    "seed": 0,
-    "steps": 20,
-    "guidance_scale": 7.5,
-    "start": 0.0,
-    "stop": 1.0,
-    "removal_start": 0.2,
-    "search": "linear",
-}
-"""The tab's controls and their initial values."""
 
 
 @dataclass(frozen=True)
 class NegativeRun:
-    """One request of the tab, checked on construction; errors name the page's controls.
+    """One request of the tab, checked on construction; errors name the page's controls. Its fields are the tab's
+    controls, and ``NegativeRun()`` holds their initial values.
 
     Args:
         prompt (`str`): the prompt.
@@ -51,8 +39,8 @@ class NegativeRun:
         search (`str`): ``"linear"`` (the paper's scan) or ``"bisect"``, for `remove`.
     """
 
-    prompt: str
-    negative: str
+    prompt: str = "a red circle"
+    negative: str = "red square"
     seed: int = 0
     steps: int = 20
     guidance_scale: float = 7.5
@@ -131,7 +119,7 @@ def remove(model: DemoModel, run: NegativeRun) -> RemovalResult:
     Raises:
         ValueError: the model is not the embedded shapes world, the only one the built-in detector can judge.
     """
-    if model.info.name != EMBEDDED_MODEL_NAME:
+    if model.info.source is not None:
         raise ValueError(
             "Adaptive removal in the demo judges images with the shapes-world detector, which only knows the "
             f"embedded model's world, not {model.info.name!r}. In Python, pass your own detector: "

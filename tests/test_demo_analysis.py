@@ -4,6 +4,7 @@ through the served app."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from gradio_client.exceptions import AppError
 from negguide.demo.analyse_tab import ANALYSE, REMOVE
 from negguide.demo.app import build_demo
 from negguide.demo.model import DemoModel
-from negguide.demo.negative_analysis import ANALYSIS_DEFAULTS, NegativeRun, analyse, removal_gallery, remove
+from negguide.demo.negative_analysis import NegativeRun, analyse, removal_gallery, remove
 from negguide.loading import EMBEDDED_MODEL_NAME
 
 STEPS = 3
@@ -28,7 +29,7 @@ def pipe():
 
 
 def run(**changes) -> NegativeRun:
-    return NegativeRun(**{**ANALYSIS_DEFAULTS, "steps": STEPS, **changes})
+    return NegativeRun(**{"steps": STEPS, **changes})
 
 
 def test_analysis_gives_a_plot_an_image_and_a_csv_row_per_step(pipe, tmp_path: Path) -> None:
@@ -80,8 +81,9 @@ def test_removal_shows_the_plain_image_then_each_trial(pipe) -> None:
 
 def test_the_served_tab_analyses_and_reports_bad_input(pipe, tmp_path: Path) -> None:
     demo = build_demo(pipeline=pipe)
-    keys = list(ANALYSIS_DEFAULTS)
-    arguments = [ANALYSIS_DEFAULTS[key] for key in keys]
+    defaults = dataclasses.asdict(NegativeRun())
+    keys = list(defaults)
+    arguments = [defaults[key] for key in keys]
     arguments[keys.index("steps")] = STEPS
     with served(demo) as url:
         client = Client(url, verbose=False, download_files=str(tmp_path))

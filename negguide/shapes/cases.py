@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from negguide.shapes.world import COLOURS, COMPANIONS, SHAPES, caption_of, phrase
@@ -33,8 +34,18 @@ def _overlap_kind(obj: tuple[str, str], companion: tuple[str, str]) -> str:
     return "companion"
 
 
+def world_objects() -> list[tuple[str, str]]:
+    """Every (colour, shape) of the world, in a fixed order."""
+    return [(c, s) for c in sorted(COLOURS) for s in SHAPES]
+
+
 def one_object_prompts() -> list[str]:
-    return [phrase(c, s) for c in sorted(COLOURS) for s in SHAPES]
+    return [phrase(c, s) for c, s in world_objects()]
+
+
+def every_pair_prompts() -> list[str]:
+    """A two-object prompt for every pair of two different objects (66)."""
+    return [caption_of(pair) for pair in itertools.combinations(world_objects(), 2)]
 
 
 def companion_pair_prompts() -> list[str]:
