@@ -1,19 +1,24 @@
 """NegToMe on the shapes world: batch diversity and distance from a reference image, against prompt adherence.
 
     python benchmarks/negtome_quality.py                        # 78 prompts x 4 images, the embedded model
+    python benchmarks/negtome_quality.py --alpha 3 --threshold 0.3 --stop 0.5
     python benchmarks/negtome_quality.py --batches 8 --model /path/to/model
 
 Every batch is one prompt (every one-object prompt of ``negguide.shapes.cases``, then every pair of two
 different objects: 78 prompts, cycled with new seeds when ``--batches`` asks for more) and ``--images`` images,
 one CPU generator per image; 64x64, ``--steps`` steps, CFG ``--scale``. NegToMe uses its defaults (alpha 0.9,
-threshold 0.7, the first fifth of the run) unless ``--alpha``, ``--threshold`` or ``--stop`` say otherwise. Two tables are printed:
+threshold 0.7, the first fifth of the run) unless ``--alpha``, ``--threshold`` or ``--stop`` say otherwise.
+Each measure is taken twice: on pixels (RMS distance, `negguide.metrics.batch_diversity` and `similarity`) and
+on what the images hold (the detector's object kinds, `negguide.metrics.composition_diversity` and
+`composition_similarity`); on this world's white background the pixel distance of two images whose objects do
+not overlap does not depend on where the objects are. Two tables are printed:
 
-1. *Diversity*: the mean pairwise pixel distance within a batch (`negguide.metrics.batch_diversity`) and the
-   share of images holding every object their prompt names (the detector's verdict), without NegToMe and
-   with NegToMe in batch mode, anchored on the first image (the paper) or on each image's nearest other.
-2. *Reference*: each batch's reference is the prompt's objects rendered in a fixed layout (a "look" to
-   avoid); the mean similarity of the images to it (`negguide.metrics.similarity`, 1 - RMS pixel distance)
-   and the adherence, without NegToMe and with NegToMe in reference mode.
+1. *Diversity*: the mean pairwise distance within a batch and the share of images holding every object their
+   prompt names (the detector's verdict), without NegToMe and with NegToMe in batch mode, anchored on the
+   first image (the paper) or on each image's nearest other.
+2. *Reference*: each batch's reference is the picture this model often draws for the prompt, its objects with
+   a frequent companion (`look_to_avoid`); the mean similarity of the images to it and the adherence, without
+   NegToMe and with NegToMe in reference mode.
 """
 
 from __future__ import annotations
@@ -28,20 +33,30 @@ import torch
 
 import negguide
 from negguide import NegToMe
-from negguide.metrics import batch_diversity, judge, parse_prompt, similarity
-from negguide.shapes import ShapeObject, detect, render
+from negguide.metrics import (batch_diversity, composition_diversity, composition_similarity, judge,
+                              parse_prompt, similarity)
+from negguide.shapes import COMPANIONS, ShapeObject, detect, render
 from negguide.shapes.cases import every_pair_prompts, one_object_prompts
 
 SIZE = 64
 
 
-def reference_for(prompt: str) -> PIL.Image.Image:
-    """The prompt's objects side by side, mid-height, 20 px wide: one fixed look per prompt."""
-    specs = parse_prompt(prompt)
-    objects = [
-        ShapeObject(spec.colour, spec.shape, SIZE * (i + 1) / (len(specs) + 1), SIZE / 2, 20)
-        for i, spec in enumerate(specs)
-    ]
+def companion_of(prompt: str) -> tuple[str, str]:
+    """The frequent companion of the prompt's first object that the prompt does not name (the second object's
+    companion when the first's is named)."""
+    named = [(spec.colour, spec.shape) for spec in parse_prompt(prompt)]
+    return next(COMPANIONS[kind] for kind in named if COMPANIONS[kind] not in named)
+
+
+LAYOUTS = {2: [(18, 32), (46, 32)], 3: [(18, 19), (46, 19), (32, 45)]}
+"""Object centres of `look_to_avoid`, by the number of objects: apart, 20 px objects never touch."""
+
+
+def look_to_avoid(prompt: str) -> PIL.Image.Image:
+    """The prompt's objects and `companion_of` it, 20 px wide at fixed places (`LAYOUTS`): the picture this
+    model often draws for the prompt."""
+    kinds = [(spec.colour, spec.shape) for spec in parse_prompt(prompt)] + [companion_of(prompt)]
+    objects = [ShapeObject(colour, shape, cx, cy, 20) for (colour, shape), (cx, cy) in zip(kinds, LAYOUTS[len(kinds)])]
     return render(objects, size=SIZE)
 
 
@@ -66,12 +81,52 @@ def generate(pipe, prompts: Sequence[str], images: int, first_seed: int, guidanc
     return [out[i : i + images] for i in range(0, len(out), images)]
 
 
-def adherence(images: Sequence[PIL.Image.Image], prompt: str) -> float:
-    return sum(judge(detect(image), prompt).named for image in images) / len(images)
+class Scores:
+    """Per run, one value per batch of each measure."""
 
+    MEASURES = ("pixel diversity", "composition diversity", "pixel similarity", "composition similarity", "named")
 
-def pct(value: float) -> str:
-    return f"{100 * value:.1f}"
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, list[float]]] = {}
+
+    def add(self, run: str, images: Sequence[PIL.Image.Image], prompt: str) -> None:
+        reference = look_to_avoid(prompt)
+        detections = [detect(image) for image in images]
+        reference_detections = detect(reference)
+        batch = {
+            "pixel diversity": batch_diversity(images),
+            "composition diversity": composition_diversity(detections),
+            "pixel similarity": statistics.fmean(similarity(image, reference) for image in images),
+            "composition similarity": statistics.fmean(
+                composition_similarity(found, reference_detections) for found in detections
+            ),
+            "named": statistics.fmean(judge(found, prompt).named for found in detections),
+        }
+        run_values = self.values.setdefault(run, {measure: [] for measure in self.MEASURES})
+        for measure, value in batch.items():
+            run_values[measure].append(value)
+
+    def mean(self, run: str, measure: str) -> float:
+        return statistics.fmean(self.values[run][measure])
+
+    def table(self, runs: Sequence[str], kind: str, base: str) -> str:
+        """A Markdown table of the ``kind`` ("diversity" or "similarity") measures and adherence, with each
+        run's change from ``base``."""
+        lines = [
+            f"| run | pixel {kind} | change % | composition {kind} | change % | named objects % | change (points) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for run in runs:
+            cells = []
+            for measure in (f"pixel {kind}", f"composition {kind}"):
+                value = self.mean(run, measure)
+                reference = self.mean(base, measure)
+                change = f"{100 * (value / reference - 1):+.1f}" if reference else "-"
+                cells += [f"{value:.4f}", change]
+            named = self.mean(run, "named")
+            cells += [f"{100 * named:.1f}", f"{100 * (named - self.mean(base, 'named')):+.1f}"]
+            lines.append(f"| {run} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
 
 
 def main() -> None:
@@ -91,19 +146,14 @@ def main() -> None:
     pipe = negguide.load_pipeline(args.model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     settings = {"alpha": args.alpha, "threshold": args.threshold, "stop": args.stop}
+    base = "without NegToMe"
     batch_methods = {
-        "without NegToMe": None,
+        base: None,
         "NegToMe, anchor first": NegToMe(**settings),
         "NegToMe, anchor nearest": NegToMe(anchor="nearest", **settings),
     }
-    reference_method = "NegToMe, reference"
-    scores = {name: {"div": [], "sim": [], "named": []} for name in [*batch_methods, reference_method]}
-
-    def score(name: str, images: Sequence[PIL.Image.Image], prompt: str) -> None:
-        scores[name]["div"].append(batch_diversity(images))
-        scores[name]["sim"].append(statistics.fmean(similarity(image, reference_for(prompt)) for image in images))
-        scores[name]["named"].append(adherence(images, prompt))
-
+    reference_run = "NegToMe, reference"
+    scores = Scores()
     prompts = batch_prompts(args.batches)
     started = time.perf_counter()
     for begin in range(0, len(prompts), args.per_call):
@@ -111,39 +161,22 @@ def main() -> None:
         first_seed = begin * args.images
         for name, guidance in batch_methods.items():
             for prompt, images in zip(chunk, generate(pipe, chunk, args.images, first_seed, guidance, args)):
-                score(name, images, prompt)
+                scores.add(name, images, prompt)
         for offset, prompt in enumerate(chunk):
-            module = NegToMe(mode="reference", reference=reference_for(prompt), **settings)
+            module = NegToMe(mode="reference", reference=look_to_avoid(prompt), **settings)
             (images,) = generate(pipe, [prompt], args.images, first_seed + offset * args.images, module, args)
-            score(reference_method, images, prompt)
+            scores.add(reference_run, images, prompt)
 
-    def mean(name: str, key: str) -> float:
-        return statistics.fmean(scores[name][key])
-
-    base = "without NegToMe"
     header = (
-        f"{args.batches} batches x {args.images} images ({len(set(prompts))} prompts), {args.steps} steps, CFG {args.scale}, alpha {args.alpha}, threshold {args.threshold}, "
-        f"window [0, {args.stop})"
+        f"{args.batches} batches x {args.images} images ({len(set(prompts))} prompts), {args.steps} steps, "
+        f"CFG {args.scale}, alpha {args.alpha}, threshold {args.threshold}, window [0, {args.stop})"
     )
     print(f"\n### Batch diversity: {header}\n")
-    print("| run | mean pairwise distance | change % | named objects % | change (points) |")
-    print("|---|---|---|---|---|")
-    for name in batch_methods:
-        div, named = mean(name, "div"), mean(name, "named")
-        print(
-            f"| {name} | {div:.4f} | {100 * (div / mean(base, 'div') - 1):+.1f} | {pct(named)} | "
-            f"{100 * (named - mean(base, 'named')):+.1f} |"
-        )
+    print(scores.table(list(batch_methods), "diversity", base))
     print(f"\n### Reference image: {header}\n")
-    print("| run | mean similarity to the reference | change % | named objects % | change (points) |")
-    print("|---|---|---|---|---|")
-    for name in (base, reference_method):
-        sim, named = mean(name, "sim"), mean(name, "named")
-        print(
-            f"| {name} | {sim:.4f} | {100 * (sim / mean(base, 'sim') - 1):+.1f} | {pct(named)} | "
-            f"{100 * (named - mean(base, 'named')):+.1f} |"
-        )
-    print(f"\n{args.batches * args.images * len(scores)} images in {time.perf_counter() - started:.0f} s")
+    print(scores.table([base, reference_run], "similarity", base))
+    images = args.batches * args.images * (len(batch_methods) + 1)
+    print(f"\n{images} images in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

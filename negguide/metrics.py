@@ -6,7 +6,11 @@ Two kinds of measurement, all pure functions:
   negative in the shapes world's grammar: the named objects are present, extra objects, the negative's
   object removed, the prompted objects kept; and :func:`rates`, their averages over a benchmark;
 * distances between images, on pixels in ``[0, 1]``: batch diversity, similarity to a reference, the
-  change outside a box.
+  change outside a box;
+* the same two comparisons on what the images hold (:func:`composition_similarity`,
+  :func:`composition_diversity`). On a white background the pixel distance between two images whose
+  objects do not overlap is the same wherever the objects are, so pixel measures see little of a layout
+  and nothing of which objects appear together; the composition measures compare the objects themselves.
 
 Text is parsed by :func:`parse_phrase` and :func:`parse_prompt`. A phrase names one object by colour,
 shape or both, with an optional article: ``"a blue square"``, ``"blue square"``, ``"blue"`` (any blue
@@ -244,6 +248,27 @@ def batch_diversity(images: Sequence[Any]) -> float:
 def similarity(image: Any, reference: Any) -> float:
     """``1 - rms_distance(image, reference)``: in ``[0, 1]``, 1 for identical images."""
     return 1.0 - rms_distance(image, reference)
+
+
+def object_kinds(detections: Iterable[Detection]) -> frozenset[tuple[str, str]]:
+    """The distinct ``(colour, shape)`` kinds among the detections."""
+    return frozenset((det.colour, det.shape) for det in detections)
+
+
+def composition_similarity(a: Sequence[Detection], b: Sequence[Detection]) -> float:
+    """Jaccard similarity of the object kinds two images hold (:func:`object_kinds`): the kinds both hold
+    over the kinds either holds, in ``[0, 1]``; 1 when both hold the same kinds, including none."""
+    x, y = object_kinds(a), object_kinds(b)
+    return len(x & y) / len(x | y) if x | y else 1.0
+
+
+def composition_diversity(detections_per_image: Sequence[Sequence[Detection]]) -> float:
+    """Mean ``1 - composition_similarity`` over all unordered pairs of a batch (at least two images):
+    0 when every image holds the same kinds of objects."""
+    if len(detections_per_image) < 2:
+        raise ValueError(f"composition_diversity needs at least two images, got {len(detections_per_image)}")
+    pairs = itertools.combinations(detections_per_image, 2)
+    return float(np.mean([1.0 - composition_similarity(a, b) for a, b in pairs]))
 
 
 def change_outside_box(a: Any, b: Any, box: tuple[float, float, float, float], margin: float = 0.0) -> float:

@@ -9,6 +9,8 @@ from negguide.metrics import (
     Verdict,
     batch_diversity,
     change_outside_box,
+    composition_diversity,
+    composition_similarity,
     contains,
     extra_objects,
     has_named_objects,
@@ -16,6 +18,7 @@ from negguide.metrics import (
     kept,
     matching,
     negative_removed,
+    object_kinds,
     parse_phrase,
     parse_prompt,
     presence_rate,
@@ -154,6 +157,22 @@ def test_pixel_distances():
         batch_diversity([white])
     with pytest.raises(ValueError, match="size"):
         rms_distance(white, np.ones((4, 4, 3)))
+
+
+def test_composition_measures_compare_object_kinds_not_positions():
+    moved_red_circle = Detection("red", "circle", (40, 40, 60, 60), 300.0, 1.0)
+    assert object_kinds([RED_CIRCLE, moved_red_circle, RED_SQUARE]) == {("red", "circle"), ("red", "square")}
+    assert composition_similarity([RED_CIRCLE], [moved_red_circle]) == 1.0
+    assert composition_similarity([RED_CIRCLE, RED_SQUARE], [RED_CIRCLE]) == pytest.approx(0.5)
+    assert composition_similarity([RED_CIRCLE, RED_SQUARE], [RED_CIRCLE, BLUE_SQUARE]) == pytest.approx(1 / 3)
+    assert composition_similarity([], []) == 1.0
+    assert composition_similarity([RED_CIRCLE], []) == 0.0
+    # pairs: (a, a) 0, (a, b) 1/2, (a, b) 1/2 -> mean 1/3
+    batch = [[RED_CIRCLE], [moved_red_circle], [RED_CIRCLE, BLUE_SQUARE]]
+    assert composition_diversity(batch) == pytest.approx(1 / 3)
+    assert composition_diversity([[RED_CIRCLE], [RED_CIRCLE]]) == 0.0
+    with pytest.raises(ValueError, match="two images"):
+        composition_diversity([[RED_CIRCLE]])
 
 
 def test_change_outside_box():
