@@ -18,12 +18,17 @@ not overlap does not depend on where the objects are. Two tables are printed:
    first image (the paper) or on each image's nearest other.
 2. *Reference*: each batch's reference is the picture this model often draws for the prompt, its objects with
    a frequent companion (`look_to_avoid`); the mean similarity of the images to it and the adherence, without
-   NegToMe and with NegToMe in reference mode.
+   NegToMe and with NegToMe in reference mode (``--mask-companion``: only the companion's tokens may be matched,
+   the part of the picture to avoid).
+
+Changes are means over the batches of the per-batch difference from the run without NegToMe (the same prompts
+and seeds), with a 95% interval (1.96 standard errors).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -58,6 +63,14 @@ def look_to_avoid(prompt: str) -> PIL.Image.Image:
     kinds = [(spec.colour, spec.shape) for spec in parse_prompt(prompt)] + [companion_of(prompt)]
     objects = [ShapeObject(colour, shape, cx, cy, 20) for (colour, shape), (cx, cy) in zip(kinds, LAYOUTS[len(kinds)])]
     return render(objects, size=SIZE)
+
+
+def companion_mask(prompt: str) -> PIL.Image.Image:
+    """White where `look_to_avoid` draws the companion: reference mode may match only its tokens."""
+    kinds = [(spec.colour, spec.shape) for spec in parse_prompt(prompt)] + [companion_of(prompt)]
+    cx, cy = LAYOUTS[len(kinds)][-1]
+    drawn = render([ShapeObject(*kinds[-1], cx, cy, 20)], size=SIZE).convert("L")
+    return drawn.point(lambda value: 255 if value < 250 else 0)
 
 
 def batch_prompts(count: int) -> list[str]:
@@ -109,9 +122,16 @@ class Scores:
     def mean(self, run: str, measure: str) -> float:
         return statistics.fmean(self.values[run][measure])
 
+    def change(self, run: str, base: str, measure: str) -> tuple[float, float]:
+        """The mean per-batch difference of ``run`` from ``base`` (the same prompts and seeds) and its 95%
+        half-interval, 1.96 standard errors."""
+        differences = [a - b for a, b in zip(self.values[run][measure], self.values[base][measure], strict=True)]
+        spread = statistics.stdev(differences) if len(differences) > 1 else 0.0
+        return statistics.fmean(differences), 1.96 * spread / math.sqrt(len(differences))
+
     def table(self, runs: Sequence[str], kind: str, base: str) -> str:
         """A Markdown table of the ``kind`` ("diversity" or "similarity") measures and adherence, with each
-        run's change from ``base``."""
+        run's change from ``base`` and the change's 95% interval over the batches."""
         lines = [
             f"| run | pixel {kind} | change % | composition {kind} | change % | named objects % | change (points) |",
             "|---|---|---|---|---|---|---|",
@@ -119,12 +139,12 @@ class Scores:
         for run in runs:
             cells = []
             for measure in (f"pixel {kind}", f"composition {kind}"):
-                value = self.mean(run, measure)
                 reference = self.mean(base, measure)
-                change = f"{100 * (value / reference - 1):+.1f}" if reference else "-"
-                cells += [f"{value:.4f}", change]
-            named = self.mean(run, "named")
-            cells += [f"{100 * named:.1f}", f"{100 * (named - self.mean(base, 'named')):+.1f}"]
+                difference, interval = self.change(run, base, measure)
+                change = f"{100 * difference / reference:+.1f} ± {100 * interval / reference:.1f}" if reference else "-"
+                cells += [f"{self.mean(run, measure):.4f}", change]
+            difference, interval = self.change(run, base, "named")
+            cells += [f"{100 * self.mean(run, 'named'):.1f}", f"{100 * difference:+.1f} ± {100 * interval:.1f}"]
             lines.append(f"| {run} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -139,6 +159,8 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--stop", type=float, default=0.2)
+    parser.add_argument("--mask-companion", action="store_true",
+                        help="reference mode matches only the companion's tokens (`companion_mask`)")
     parser.add_argument("--per-call", type=int, default=6, help="batches per pipeline call in batch mode")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -163,7 +185,8 @@ def main() -> None:
             for prompt, images in zip(chunk, generate(pipe, chunk, args.images, first_seed, guidance, args)):
                 scores.add(name, images, prompt)
         for offset, prompt in enumerate(chunk):
-            module = NegToMe(mode="reference", reference=look_to_avoid(prompt), **settings)
+            mask = companion_mask(prompt) if args.mask_companion else None
+            module = NegToMe(mode="reference", reference=look_to_avoid(prompt), mask=mask, **settings)
             (images,) = generate(pipe, [prompt], args.images, first_seed + offset * args.images, module, args)
             scores.add(reference_run, images, prompt)
 
@@ -171,9 +194,10 @@ def main() -> None:
         f"{args.batches} batches x {args.images} images ({len(set(prompts))} prompts), {args.steps} steps, "
         f"CFG {args.scale}, alpha {args.alpha}, threshold {args.threshold}, window [0, {args.stop})"
     )
+    masking = ", reference masked to the companion" if args.mask_companion else ""
     print(f"\n### Batch diversity: {header}\n")
     print(scores.table(list(batch_methods), "diversity", base))
-    print(f"\n### Reference image: {header}\n")
+    print(f"\n### Reference image: {header}{masking}\n")
     print(scores.table([base, reference_run], "similarity", base))
     images = args.batches * args.images * (len(batch_methods) + 1)
     print(f"\n{images} images in {time.perf_counter() - started:.0f} s")
