@@ -38,8 +38,14 @@ import torch
 
 import negguide
 from negguide import NegToMe
-from negguide.metrics import (batch_diversity, composition_diversity, composition_similarity, judge,
-                              parse_prompt, similarity)
+from negguide.metrics import (
+    batch_diversity,
+    composition_diversity,
+    composition_similarity,
+    judge,
+    parse_prompt,
+    similarity,
+)
 from negguide.shapes import COMPANIONS, ShapeObject, detect, render
 from negguide.shapes.cases import every_pair_prompts, one_object_prompts
 
