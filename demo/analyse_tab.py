@@ -23,7 +23,7 @@ ANALYSE, REMOVE = "analyse", "remove"
 
 def analyse_tab(model: DemoModel) -> None:
     """Build the tab in the current Blocks context and wire its events."""
-    defaults = dataclasses.asdict(NegativeRun())
+    defaults = dataclasses.asdict(NegativeRun(guidance_scale=model.info.guidance_scale))
     with gr.Row():
         with gr.Column(scale=2):
             controls = {

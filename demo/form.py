@@ -30,15 +30,22 @@ FORM_DEFAULTS: dict[str, Any] = {
     "random_seed": False,
     "images": 1,
     "steps": 20,
-    "guidance_scale": 7.5,
 }
-"""The form's controls but the image size and the module settings, with their initial values."""
+"""The form's controls but the image size, the guidance scale and the module settings, with their initial
+values."""
 NUMBERS = ("images", "steps", "guidance_scale", "width", "height")
 
 
 def form_defaults(model: ModelInfo, fields: Sequence[SettingField]) -> dict[str, Any]:
-    """Every control's initial value: `FORM_DEFAULTS`, the model's native size and each setting's default."""
-    return {**FORM_DEFAULTS, "width": model.width, "height": model.height, **{f.key: f.default for f in fields}}
+    """Every control's initial value: `FORM_DEFAULTS`, the model's native size and guidance scale, and each
+    setting's default."""
+    return {
+        **FORM_DEFAULTS,
+        "guidance_scale": model.guidance_scale,
+        "width": model.width,
+        "height": model.height,
+        **{f.key: f.default for f in fields},
+    }
 
 
 def read_form(values: Mapping[str, Any], fields: Sequence[SettingField]) -> Comparison:

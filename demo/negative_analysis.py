@@ -25,7 +25,8 @@ CSV_NAME = "negative-analysis.csv"
 @dataclass(frozen=True)
 class NegativeRun:
     """One request of the tab, checked on construction; errors name the page's controls. Its fields are the tab's
-    controls, and ``NegativeRun()`` holds their initial values.
+    controls, and ``NegativeRun()`` holds their initial values, but for the guidance scale: the tab starts at the
+    model's (`ModelInfo.guidance_scale`).
 
     Args:
         prompt (`str`): the prompt.

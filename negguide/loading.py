@@ -10,6 +10,12 @@ import torch
 from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
 
 EMBEDDED_MODEL_NAME = "shapes-world"
+DEFAULT_GUIDANCE_SCALE = 7.5
+"""The classifier-free guidance scale of diffusers' Stable Diffusion pipelines, the default for any model but
+the embedded one."""
+EMBEDDED_GUIDANCE_SCALE = 5.0
+"""The scale the embedded shapes-world model is served and evaluated at: it over-guides at 7.5 (README,
+"Shapes world")."""
 
 
 def embedded_model_path() -> Path:
@@ -20,6 +26,19 @@ def embedded_model_path() -> Path:
             f"the embedded shapes-world model is missing from {path}; reinstall negguide or train it with "
             "`python -m negguide.shapes.train`")
     return path
+
+
+def recommended_guidance_scale(model: str | os.PathLike | None) -> float:
+    """The guidance scale the batch command and the demo use for ``model`` unless told otherwise:
+    `EMBEDDED_GUIDANCE_SCALE` for the embedded model (``None``, its name, or its folder), else
+    `DEFAULT_GUIDANCE_SCALE`."""
+    if model is None or model == EMBEDDED_MODEL_NAME:
+        return EMBEDDED_GUIDANCE_SCALE
+    try:
+        embedded = Path(model).resolve() == embedded_model_path().resolve()
+    except OSError:
+        embedded = False
+    return EMBEDDED_GUIDANCE_SCALE if embedded else DEFAULT_GUIDANCE_SCALE
 
 
 def _pipeline_classes() -> dict[str, type[DiffusionPipeline]]:

@@ -18,6 +18,7 @@ from negguide.demo.examples import examples
 from negguide.demo.form import form_defaults, read_form
 from negguide.demo.model import DemoModel
 from negguide.demo.settings import module_fields, read_settings
+from negguide.loading import DEFAULT_GUIDANCE_SCALE, EMBEDDED_GUIDANCE_SCALE
 from negguide.metadata import parse_infotext, read_png_metadata
 from negguide.modules import Negative, PerpNeg
 from negguide.views import View
@@ -163,6 +164,14 @@ def test_uploads_that_are_not_images_or_too_large_are_refused(model: DemoModel, 
         run(model, tmp_path, methods=["negtome"], negtome__mode="reference", reference=huge)
     with pytest.raises(ValueError, match="`Mask` needs a `Reference image`"):
         run(model, tmp_path, mask=solid_png(tmp_path / "mask.png", (64, 64)))
+
+
+def test_the_form_starts_at_the_models_guidance_scale(model: DemoModel) -> None:
+    embedded = DemoModel.from_model(None)
+    assert form_defaults(embedded.info, FIELDS)["guidance_scale"] == EMBEDDED_GUIDANCE_SCALE
+    assert DemoModel.from_pipeline(tiny_pipeline(), name="shapes-world").info.guidance_scale == DEFAULT_GUIDANCE_SCALE
+    assert form_defaults(model.info, FIELDS)["guidance_scale"] == DEFAULT_GUIDANCE_SCALE
+    assert not embedded.loaded
 
 
 def test_a_random_seed_replaces_the_seed_field(model: DemoModel) -> None:

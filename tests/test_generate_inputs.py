@@ -15,6 +15,8 @@ from PIL import Image
 from negguide import functional as F
 from negguide import register_guidance
 from negguide.branches import COND, UNCOND, Branch
+from negguide.generate import Defaults, Item, Method, expand, read_model
+from negguide.loading import DEFAULT_GUIDANCE_SCALE, EMBEDDED_GUIDANCE_SCALE, embedded_model_path
 from negguide.metadata import parse_infotext, read_png_metadata
 from negguide.modules.base import Combiner
 
@@ -197,3 +199,17 @@ def test_yaml_config_and_flags(tmp_path, model, capsys):
         "todo  images/00000-standard-s7-a-red-circle.png  [standard, seed 7, 32x32, 2 steps]",
         "todo  images/00000-rescaled-s7-a-red-circle.png  [rescaled, seed 7, 32x32, 2 steps]",
     ]
+
+
+def test_guidance_scale_defaults_to_the_models(model):
+    embedded, other = read_model(None), read_model(str(model))
+    assert embedded.guidance_scale == EMBEDDED_GUIDANCE_SCALE == read_model("shapes-world").guidance_scale
+    assert read_model(str(embedded_model_path())).guidance_scale == EMBEDDED_GUIDANCE_SCALE
+    assert other.guidance_scale == DEFAULT_GUIDANCE_SCALE != EMBEDDED_GUIDANCE_SCALE
+    items = [Item(0, "p:1", "a red circle"), Item(1, "p:2", "a red circle", settings={"guidance_scale": 0.0})]
+    for info in (embedded, other):
+        groups, problems = expand(items, [Method("plain", ())], Defaults(), info)
+        assert not problems
+        assert [group[0].guidance_scale for group in groups] == [info.guidance_scale, 0.0]
+        groups, _ = expand(items[:1], [Method("plain", ())], Defaults(guidance_scale=3.0), info)
+        assert groups[0][0].guidance_scale == 3.0

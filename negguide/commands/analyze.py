@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from negguide.analysis import analyze_negative
-from negguide.commands.common import add_run_options, checked, output_folder, pipeline, save_png, text
+from negguide.commands.common import add_run_options, checked, model_and_scale, output_folder, save_png, text
 from negguide.errors import InputError
 from negguide.generate import values
+from negguide.generate.model import load_model
 
 EXAMPLES = """\
 examples:
@@ -53,15 +54,13 @@ def run(args: argparse.Namespace) -> int:
     negative = text(args.negative, "--negative")
     seeds = checked(values.seeds, args.seeds, "--seeds")
     steps = checked(values.positive_integer, args.steps, "--steps")
-    scale = checked(values.number, args.guidance_scale, "--guidance-scale")
     start = checked(values.fraction, args.start, "--start")
     stop = checked(values.fraction, args.stop, "--stop")
     if start >= stop:
         raise InputError(f"`--start` ({start}) must be smaller than `--stop` ({stop}).")
-    if scale <= 1:
-        raise InputError(f"`--guidance-scale` must be > 1, got {scale}: negatives act through guidance.")
     out = output_folder(args.out)
-    pipe = pipeline(args)
+    model, scale = model_and_scale(args)
+    pipe = load_model(model, args.device)
     try:
         result = analyze_negative(
             pipe,

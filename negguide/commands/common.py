@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import PIL.Image
-from diffusers import DiffusionPipeline
 
 from negguide.atomic import write_atomic
 from negguide.errors import InputError
-from negguide.generate.model import load_model, read_model
+from negguide.generate import values
+from negguide.generate.model import ModelInfo, read_model
 
 T = TypeVar("T")
 
@@ -23,7 +23,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="diffusers folder or hub id (default: the embedded shapes-world model)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     parser.add_argument("--steps", default="20", help="denoising steps (default: 20)")
-    parser.add_argument("--guidance-scale", default="7.5", help="classifier-free guidance scale (default: 7.5)")
+    parser.add_argument(
+        "--guidance-scale",
+        help="classifier-free guidance scale, > 1 (default: the model's, 5 for the embedded model, 7.5 for others)",
+    )
 
 
 def checked(check: Callable[[object, str], T], value: object, argument: str) -> T:
@@ -41,9 +44,17 @@ def text(value: object, argument: str) -> str:
     return value.strip()
 
 
-def pipeline(args: argparse.Namespace) -> DiffusionPipeline:
-    """The model of ``--model`` on ``--device``, its configuration checked before the weights load."""
-    return load_model(read_model(args.model), args.device)
+def model_and_scale(args: argparse.Namespace) -> tuple[ModelInfo, float]:
+    """The model of ``--model`` (its configuration only) and the run's guidance scale: ``--guidance-scale``, else
+    the model's. An `InputError` unless the scale is > 1: negatives act through guidance."""
+    model = read_model(args.model)
+    if args.guidance_scale is None:
+        scale = model.guidance_scale
+    else:
+        scale = checked(values.number, args.guidance_scale, "--guidance-scale")
+    if scale <= 1:
+        raise InputError(f"`--guidance-scale` must be > 1, got {scale}: negatives act through guidance.")
+    return model, scale
 
 
 def output_folder(out: Path) -> Path:

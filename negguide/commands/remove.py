@@ -8,9 +8,10 @@ import importlib
 import io
 
 from negguide.atomic import write_atomic
-from negguide.commands.common import add_run_options, checked, output_folder, pipeline, save_png, text
+from negguide.commands.common import add_run_options, checked, model_and_scale, output_folder, save_png, text
 from negguide.errors import InputError
 from negguide.generate import values
+from negguide.generate.model import load_model
 from negguide.removal import SEARCHES, Detector, DetectorError, remove_object
 
 EXAMPLES = """\
@@ -52,15 +53,13 @@ def run(args: argparse.Namespace) -> int:
     obj = text(args.object, "--object")
     seed = checked(values.seed, args.seed, "--seed")
     steps = checked(values.positive_integer, args.steps, "--steps")
-    scale = checked(values.number, args.guidance_scale, "--guidance-scale")
     start = checked(values.number, args.start, "--start")
     if not 0 <= start < 1:
         raise InputError(f"`--start` must lie in [0, 1), got {start}.")
-    if scale <= 1:
-        raise InputError(f"`--guidance-scale` must be > 1, got {scale}: negatives act through guidance.")
     detector = imported_detector(args.detector) if args.detector else None
     out = output_folder(args.out)
-    pipe = pipeline(args)
+    model, scale = model_and_scale(args)
+    pipe = load_model(model, args.device)
     try:
         result = remove_object(
             pipe,

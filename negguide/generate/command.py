@@ -88,7 +88,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-7 (default: 0)")
     parser.add_argument("--negative-prompt", help="negative prompt of the prompts that give none")
     parser.add_argument("--steps", help="denoising steps (default: 20)")
-    parser.add_argument("--guidance-scale", help="classifier-free guidance scale (default: 7.5)")
+    parser.add_argument(
+        "--guidance-scale",
+        help="classifier-free guidance scale (default: the model's, 5 for the embedded model, 7.5 for others)",
+    )
     parser.add_argument("--guidance-rescale", help="guidance rescale in [0, 1] (default: 0)")
     parser.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default: the model's native size)")
     parser.add_argument("--batch-size", help="images per pipeline call (default: 8)")

@@ -9,7 +9,7 @@ from pathlib import Path
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 
 from negguide.errors import InputError
-from negguide.loading import EMBEDDED_MODEL_NAME, embedded_model_path, load_pipeline
+from negguide.loading import EMBEDDED_MODEL_NAME, embedded_model_path, load_pipeline, recommended_guidance_scale
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,15 @@ class ModelInfo:
             in every image so that it can be regenerated.
         sampler (`str`): the scheduler's class name.
         width (`int`), height (`int`): the model's native image size.
+        guidance_scale (`float`): the guidance scale used unless a run gives one
+            (`negguide.loading.recommended_guidance_scale`).
     """
 
     name: str
     sampler: str
     width: int
     height: int
+    guidance_scale: float
 
     @property
     def source(self) -> str | None:
@@ -64,7 +67,13 @@ def read_model(model: str | None, argument: str = "--model") -> ModelInfo:
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise InputError(f"`{argument}`: cannot read the configuration of {model or name!r}: {error}") from None
     height, width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
-    return ModelInfo(name=name, sampler=sampler, width=width * scale, height=height * scale)
+    return ModelInfo(
+        name=name,
+        sampler=sampler,
+        width=width * scale,
+        height=height * scale,
+        guidance_scale=recommended_guidance_scale(location),
+    )
 
 
 def load_model(info: ModelInfo, device: str | None) -> DiffusionPipeline:

@@ -33,7 +33,8 @@ class Defaults:
     Args:
         seeds (`tuple[int, ...]`, defaults to ``(0,)``): one image per seed.
         steps (`int`, defaults to 20): denoising steps.
-        guidance_scale (`float`, defaults to 7.5): classifier-free guidance scale.
+        guidance_scale (`float`, *optional*): classifier-free guidance scale; the model's
+            (`ModelInfo.guidance_scale`) by default.
         guidance_rescale (`float`, defaults to 0.0): guidance rescale factor in ``[0, 1]``.
         width (`int`, *optional*), height (`int`, *optional*): image size; the model's native size by default.
         negative_prompt (`str`, defaults to ``""``): the negative prompt of items that give none.
@@ -41,7 +42,7 @@ class Defaults:
 
     seeds: tuple[int, ...] = (0,)
     steps: int = 20
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None
     guidance_rescale: float = 0.0
     width: int | None = None
     height: int | None = None
@@ -189,6 +190,7 @@ def _item_groups(item: Item, methods: Sequence[Method], defaults: Defaults, mode
     settings = {**dataclasses.asdict(defaults), **item.settings}
     negative_prompt = defaults.negative_prompt if item.negative_prompt is None else item.negative_prompt
     seeds = item.seeds or defaults.seeds
+    scale = model.guidance_scale if settings["guidance_scale"] is None else settings["guidance_scale"]
     for method in _item_methods(item, methods):
         if item.negatives is not None:
             method = checked(with_negatives(method, item.negatives), "negatives")
@@ -202,7 +204,7 @@ def _item_groups(item: Item, methods: Sequence[Method], defaults: Defaults, mode
                 negative_prompt=negative_prompt,
                 seed=seed,
                 steps=settings["steps"],
-                guidance_scale=settings["guidance_scale"],
+                guidance_scale=scale,
                 guidance_rescale=settings["guidance_rescale"],
                 width=settings["width"] or model.width,
                 height=settings["height"] or model.height,
