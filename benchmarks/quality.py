@@ -11,7 +11,9 @@ on the embedded model unless ``--model`` names another. Two tables are printed:
    colour and shape), the share with unnamed extra objects, and, for one-object prompts, how often the
    prompt's frequent companion (``negguide.shapes.COMPANIONS``) appears.
 2. *Negatives*: per case and method, how often the negative's object is still present (``none`` is the
-   same prompt without a negative) and how often the prompted objects the negative does not name are kept.
+   same prompt without a negative), how often the prompted objects the negative does not name are kept, and
+   how often an image holds an object larger than any the world draws (`negguide.metrics.oversized`: shapes
+   of one colour drawn touching, e.g. a second copy of the prompted object where the negative's object was).
 
 A method is ``none``, ``standard`` (the call's ``negative_prompt``), or a registered module name with
 optional JSON settings, ``NAME:{...}``, built from the case's negative with ``from_negative_prompt``.
@@ -29,7 +31,7 @@ from typing import Any
 import torch
 
 import negguide
-from negguide.metrics import judge, parse_phrase, parse_prompt, presence_rate
+from negguide.metrics import judge, oversized, parse_phrase, parse_prompt, presence_rate
 from negguide.modules.base import registered
 from negguide.shapes import COMPANIONS, detect
 from negguide.shapes.cases import negative_cases, quality_cases
@@ -106,8 +108,9 @@ def main() -> None:
                   f"{pct(sum(v.extra > 0 for v in verdicts) / len(verdicts))} | {comp_text} | {comp_rate} |")
     if args.suite in ("all", "negatives"):
         print(f"\n### Negatives ({args.seeds} seeds, {args.steps} steps, CFG {args.scale})\n")
-        print("| kind | prompt | negative | method | negative present % | prompted kept % | named objects % |")
-        print("|---|---|---|---|---|---|---|")
+        print("| kind | prompt | negative | method | negative present % | prompted kept % | named objects % | "
+              "oversized % |")
+        print("|---|---|---|---|---|---|---|---|")
         goal: dict[str, list[bool]] = {method: [] for method in methods}
         for case in negative_cases():
             rates = {}
@@ -116,8 +119,9 @@ def main() -> None:
                 verdicts = [judge(d, case.prompt, case.negative) for d in dets]
                 n = len(verdicts)
                 rates[method] = (sum(not v.negative_removed for v in verdicts) / n, sum(v.kept for v in verdicts) / n)
+                merged = sum(bool(oversized(d)) for d in dets) / n
                 print(f"| {case.kind} | {case.prompt} | {case.negative} | {method} | {pct(rates[method][0])} | "
-                      f"{pct(rates[method][1])} | {pct(sum(v.named for v in verdicts) / n)} |")
+                      f"{pct(rates[method][1])} | {pct(sum(v.named for v in verdicts) / n)} | {pct(merged)} |")
             if case.kind in COMPANION_KINDS and rates["none"][0] >= 0.25:
                 for method in methods:
                     present, kept = rates[method]

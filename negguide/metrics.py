@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from negguide.shapes.detector import Detection, detect, image_array
-from negguide.shapes.world import COLOURS, SHAPES
+from negguide.shapes.world import COLOURS, MAX_SIZE, SHAPES
 
 ARTICLES = ("a", "an")
 
@@ -123,6 +123,16 @@ def contains(detections: Sequence[Detection], spec: str | ObjectSpec) -> bool:
     """Whether any detection fits the spec or phrase (e.g. ``"blue"``: any blue object)."""
     spec = parse_phrase(spec) if isinstance(spec, str) else ObjectSpec(*spec)
     return any(spec.matches(det) for det in detections)
+
+
+LARGEST_AREA = float(MAX_SIZE**2)
+"""The area in pixels of the largest object the world draws: a square of side ``MAX_SIZE``."""
+
+
+def oversized(detections: Sequence[Detection], factor: float = 1.2) -> list[Detection]:
+    """The detections larger than ``factor`` x `LARGEST_AREA`: in a generated image, shapes of one colour drawn
+    touching, which the detector sees as one object of no clear shape (the world's objects never touch)."""
+    return [det for det in detections if det.area > factor * LARGEST_AREA]
 
 
 def negative_removed(detections: Sequence[Detection], negative: str | Sequence[ObjectSpec]) -> bool:

@@ -19,6 +19,7 @@ from negguide.metrics import (
     matching,
     negative_removed,
     object_kinds,
+    oversized,
     parse_phrase,
     parse_prompt,
     presence_rate,
@@ -26,7 +27,7 @@ from negguide.metrics import (
     rms_distance,
     similarity,
 )
-from negguide.shapes import Detection, render, scenes
+from negguide.shapes import Detection, ShapeObject, detect, render, scenes
 
 
 def det(colour: str, shape: str) -> Detection:
@@ -173,6 +174,15 @@ def test_composition_measures_compare_object_kinds_not_positions():
     assert composition_diversity([[RED_CIRCLE], [RED_CIRCLE]]) == 0.0
     with pytest.raises(ValueError, match="two images"):
         composition_diversity([[RED_CIRCLE]])
+
+
+def test_oversized_finds_touching_shapes_of_one_colour():
+    apart = [ShapeObject("yellow", "square", 18, 32, 30), ShapeObject("yellow", "square", 50, 32, 26)]
+    touching = [ShapeObject("yellow", "square", 18, 32, 30), ShapeObject("yellow", "square", 47, 32, 28)]
+    assert not oversized(detect(render(apart)))
+    found = detect(render(touching))
+    assert len(found) == 1 and oversized(found) == found
+    assert oversized(found, factor=2.0) == []
 
 
 def test_change_outside_box():
