@@ -41,6 +41,7 @@ import torch
 import negguide
 from negguide import Negative, NegativePrompts, analyze_negative, remove_objects
 from negguide.analysis import onset_step
+from negguide.loading import EMBEDDED_GUIDANCE_SCALE
 from negguide.metrics import judge
 from negguide.removal import RemovalResult, ShapesDetector, change_outside, first_step
 from negguide.shapes import detect
@@ -114,7 +115,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
     parser.add_argument("--seeds", type=int, default=64, help="images (seeds 0..N-1)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--scale", type=float, default=5.0)
+    parser.add_argument("--scale", type=float, default=EMBEDDED_GUIDANCE_SCALE, help="CFG scale (the embedded model's)")
     parser.add_argument("--cases", type=int, default=None, help="only the first N companion cases")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="folder for the mean analysis curve (analysis.csv, .png)")

@@ -4,7 +4,7 @@
     python benchmarks/negtome_cost.py --model /path/to/model   # another diffusers folder
     python benchmarks/negtome_cost.py --sd15                   # an SD 1.5 sized UNet, random weights, 512x512
 
-The embedded model runs at its default settings (64x64, 20 steps, CFG 7.5) with 4 images of one prompt.
+The embedded model runs at its default settings (64x64, 20 steps, CFG 5) with 4 images of one prompt.
 ``--sd15`` builds a UNet with Stable Diffusion 1.5's configuration (860M parameters) and random weights, a
 one-layer text encoder and a small VAE (only its scale factor is used: the runs stop at the latents), and
 makes 512x512 images; by default 2 images, one step, no CFG (CFG doubles every row alike), so that a CPU
@@ -30,6 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 import negguide
 from negguide import NegToMe
 from negguide.branches import Step
+from negguide.loading import EMBEDDED_GUIDANCE_SCALE
 from negguide.pipelines import StableDiffusionNegGuidePipeline
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tokenizer"
@@ -86,13 +87,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="image side; default 64, or 512 with --sd15")
     parser.add_argument("--steps", type=int, default=None, help="default 20, or 1 with --sd15")
     parser.add_argument("--images", type=int, default=None, help="images of the prompt; default 4, or 2 with --sd15")
-    parser.add_argument("--scale", type=float, default=None, help="CFG scale; default 7.5, or 1 with --sd15")
+    parser.add_argument("--scale", type=float, default=None, help="CFG scale; default the embedded model's, or 1 with --sd15")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    defaults = (512, 1, 2, 1.0) if args.sd15 else (64, 20, 4, 7.5)
+    defaults = (512, 1, 2, 1.0) if args.sd15 else (64, 20, 4, EMBEDDED_GUIDANCE_SCALE)
     size, steps, images, scale = (
         given if given is not None else default
         for given, default in zip((args.size, args.steps, args.images, args.scale), defaults)

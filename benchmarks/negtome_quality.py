@@ -38,6 +38,7 @@ import torch
 
 import negguide
 from negguide import NegToMe
+from negguide.loading import EMBEDDED_GUIDANCE_SCALE
 from negguide.metrics import (
     batch_diversity,
     composition_diversity,
@@ -161,7 +162,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=78, help="prompt batches, cycling through the 78 prompts")
     parser.add_argument("--images", type=int, default=4, help="images per batch")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--scale", type=float, default=5.0)
+    parser.add_argument("--scale", type=float, default=EMBEDDED_GUIDANCE_SCALE, help="CFG scale (the embedded model's)")
     parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--stop", type=float, default=0.2)

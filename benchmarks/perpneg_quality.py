@@ -33,6 +33,7 @@ import torch
 
 import negguide
 from negguide import Negative, PerpNeg
+from negguide.loading import EMBEDDED_GUIDANCE_SCALE
 from negguide.metrics import extra_objects, judge, negative_removed
 from negguide.shapes import detect
 from negguide.shapes.cases import Case, negative_cases
@@ -88,7 +89,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
     parser.add_argument("--seeds", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--scale", type=float, default=5.0)
+    parser.add_argument("--scale", type=float, default=EMBEDDED_GUIDANCE_SCALE, help="CFG scale (the embedded model's)")
     parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 5.0])
     parser.add_argument("--modes", nargs="+", choices=["s*w", "w"], default=["s*w", "w"], help="weight conventions")
     parser.add_argument("--batch", type=int, default=64, help="images per pipeline call")

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 import negguide
+from negguide.loading import EMBEDDED_GUIDANCE_SCALE
 from negguide.metrics import judge, oversized, parse_phrase, parse_prompt, presence_rate
 from negguide.modules.base import registered
 from negguide.shapes import COMPANIONS, detect
@@ -72,7 +73,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
     parser.add_argument("--seeds", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--scale", type=float, default=5.0)
+    parser.add_argument("--scale", type=float, default=EMBEDDED_GUIDANCE_SCALE, help="CFG scale (the embedded model's)")
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--method", action="append", help="repeatable; default: standard")
