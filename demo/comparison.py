@@ -20,6 +20,7 @@ from negguide.demo.model import DemoModel
 from negguide.generate import Batch, Defaults, Item, Method, ModelInfo, build_guidance, expand, save_image
 from negguide.generate.names import IMAGES
 from negguide.images import image_to_json
+from negguide.loading import DEFAULT_GUIDANCE_SCALE
 from negguide.modules import Combiner, Negative, NegativePrompts, NegToMe, Patcher
 from negguide.modules.base import registered
 from negguide.modules.negatives import as_negatives
@@ -81,7 +82,7 @@ class Comparison:
     seed: int = 0
     images: int = 1
     steps: int = 20
-    guidance_scale: float = 7.5
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     width: int = 64
     height: int = 64
 

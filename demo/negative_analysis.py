@@ -17,6 +17,7 @@ import PIL.Image
 from negguide.analysis import METRICS, AnalysisResult, analyze_negative
 from negguide.demo.comparison import MAX_SCALE, MAX_SEED, MAX_STEPS, bounded, whole
 from negguide.demo.model import DemoModel
+from negguide.loading import DEFAULT_GUIDANCE_SCALE
 from negguide.removal import SEARCHES, RemovalResult, remove_object
 
 CSV_NAME = "negative-analysis.csv"
@@ -44,7 +45,7 @@ class NegativeRun:
     negative: str = "red square"
     seed: int = 0
     steps: int = 20
-    guidance_scale: float = 7.5
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     start: float = 0.0
     stop: float = 1.0
     removal_start: float = 0.2
