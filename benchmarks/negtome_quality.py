@@ -53,6 +53,10 @@ from negguide.shapes.cases import every_pair_prompts, one_object_prompts
 SIZE = 64
 
 
+LAYOUTS = {2: [(18, 32), (46, 32)], 3: [(18, 19), (46, 19), (32, 45)]}
+"""Object centres of `look_objects`, by the number of objects: apart, 20 px objects never touch."""
+
+
 def companion_of(prompt: str) -> tuple[str, str]:
     """The frequent companion of the prompt's first object that the prompt does not name (the second object's
     companion when the first's is named)."""
@@ -60,23 +64,20 @@ def companion_of(prompt: str) -> tuple[str, str]:
     return next(COMPANIONS[kind] for kind in named if COMPANIONS[kind] not in named)
 
 
-LAYOUTS = {2: [(18, 32), (46, 32)], 3: [(18, 19), (46, 19), (32, 45)]}
-"""Object centres of `look_to_avoid`, by the number of objects: apart, 20 px objects never touch."""
+def look_objects(prompt: str) -> list[ShapeObject]:
+    """The prompt's objects, then `companion_of` it, 20 px wide at fixed places (`LAYOUTS`)."""
+    kinds = [(spec.colour, spec.shape) for spec in parse_prompt(prompt)] + [companion_of(prompt)]
+    return [ShapeObject(colour, shape, cx, cy, 20) for (colour, shape), (cx, cy) in zip(kinds, LAYOUTS[len(kinds)])]
 
 
 def look_to_avoid(prompt: str) -> PIL.Image.Image:
-    """The prompt's objects and `companion_of` it, 20 px wide at fixed places (`LAYOUTS`): the picture this
-    model often draws for the prompt."""
-    kinds = [(spec.colour, spec.shape) for spec in parse_prompt(prompt)] + [companion_of(prompt)]
-    objects = [ShapeObject(colour, shape, cx, cy, 20) for (colour, shape), (cx, cy) in zip(kinds, LAYOUTS[len(kinds)])]
-    return render(objects, size=SIZE)
+    """The picture this model often draws for the prompt: `look_objects` rendered."""
+    return render(look_objects(prompt), size=SIZE)
 
 
 def companion_mask(prompt: str) -> PIL.Image.Image:
     """White where `look_to_avoid` draws the companion: reference mode may match only its tokens."""
-    kinds = [(spec.colour, spec.shape) for spec in parse_prompt(prompt)] + [companion_of(prompt)]
-    cx, cy = LAYOUTS[len(kinds)][-1]
-    drawn = render([ShapeObject(*kinds[-1], cx, cy, 20)], size=SIZE).convert("L")
+    drawn = render(look_objects(prompt)[-1:], size=SIZE).convert("L")
     return drawn.point(lambda value: 255 if value < 250 else 0)
 
 
