@@ -87,7 +87,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="image side; default 64, or 512 with --sd15")
     parser.add_argument("--steps", type=int, default=None, help="default 20, or 1 with --sd15")
     parser.add_argument("--images", type=int, default=None, help="images of the prompt; default 4, or 2 with --sd15")
-    parser.add_argument("--scale", type=float, default=None, help="CFG scale; default the embedded model's, or 1 with --sd15")
+    parser.add_argument(
+        "--scale", type=float, default=None, help="CFG scale; default the embedded model's, or 1 with --sd15"
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

@@ -60,14 +60,14 @@ LAYOUTS = {2: [(18, 32), (46, 32)], 3: [(18, 19), (46, 19), (32, 45)]}
 def companion_of(prompt: str) -> tuple[str, str]:
     """The frequent companion of the prompt's first object that the prompt does not name (the second object's
     companion when the first's is named)."""
-    named = [(spec.colour, spec.shape) for spec in parse_prompt(prompt)]
+    named = parse_prompt(prompt)  # ObjectSpec tuples, equal to their (colour, shape)
     return next(COMPANIONS[kind] for kind in named if COMPANIONS[kind] not in named)
 
 
 def look_objects(prompt: str) -> list[ShapeObject]:
     """The prompt's objects, then `companion_of` it, 20 px wide at fixed places (`LAYOUTS`)."""
-    kinds = [(spec.colour, spec.shape) for spec in parse_prompt(prompt)] + [companion_of(prompt)]
-    return [ShapeObject(colour, shape, cx, cy, 20) for (colour, shape), (cx, cy) in zip(kinds, LAYOUTS[len(kinds)])]
+    kinds = [*parse_prompt(prompt), companion_of(prompt)]
+    return [ShapeObject(colour, shape, x, y, 20) for (colour, shape), (x, y) in zip(kinds, LAYOUTS[len(kinds)])]
 
 
 def look_to_avoid(prompt: str) -> PIL.Image.Image:
@@ -149,7 +149,9 @@ class Scores:
             for measure in (f"pixel {kind}", f"composition {kind}"):
                 reference = self.mean(base, measure)
                 difference, interval = self.change(run, base, measure)
-                change = f"{100 * difference / reference:+.1f} ± {100 * interval / reference:.1f}" if reference else "-"
+                change = "-"
+                if reference:
+                    change = f"{100 * difference / reference:+.1f} ± {100 * interval / reference:.1f}"
                 cells += [f"{self.mean(run, measure):.4f}", change]
             difference, interval = self.change(run, base, "named")
             cells += [f"{100 * self.mean(run, 'named'):.1f}", f"{100 * difference:+.1f} ± {100 * interval:.1f}"]

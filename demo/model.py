@@ -12,7 +12,7 @@ import PIL.Image
 from diffusers import DiffusionPipeline
 
 from negguide.generate import Batch, ModelInfo, generate_images, read_model
-from negguide.loading import load_pipeline, recommended_guidance_scale
+from negguide.loading import load_pipeline
 
 T = TypeVar("T")
 
@@ -49,7 +49,6 @@ class DemoModel:
             sampler=type(pipe.scheduler).__name__,
             width=width * pipe.vae_scale_factor,
             height=height * pipe.vae_scale_factor,
-            guidance_scale=recommended_guidance_scale(pipe.name_or_path or type(pipe).__name__),
         )
         return cls(info, lambda: pipe)
 

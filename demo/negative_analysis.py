@@ -121,7 +121,7 @@ def remove(model: DemoModel, run: NegativeRun) -> RemovalResult:
     Raises:
         ValueError: the model is not the embedded shapes world, the only one the built-in detector can judge.
     """
-    if model.info.source is not None:
+    if not model.info.embedded:
         raise ValueError(
             "Adaptive removal in the demo judges images with the shapes-world detector, which only knows the "
             f"embedded model's world, not {model.info.name!r}. In Python, pass your own detector: "

@@ -28,17 +28,14 @@ def embedded_model_path() -> Path:
     return path
 
 
-def recommended_guidance_scale(model: str | os.PathLike | None) -> float:
-    """The guidance scale the batch command and the demo use for ``model`` unless told otherwise:
-    `EMBEDDED_GUIDANCE_SCALE` for the embedded model (``None``, its name, or its folder), else
-    `DEFAULT_GUIDANCE_SCALE`."""
+def is_embedded_model(model: str | os.PathLike | None) -> bool:
+    """Whether ``model`` names the embedded shapes-world model: ``None``, `EMBEDDED_MODEL_NAME`, or its folder."""
     if model is None or model == EMBEDDED_MODEL_NAME:
-        return EMBEDDED_GUIDANCE_SCALE
+        return True
     try:
-        embedded = Path(model).resolve() == embedded_model_path().resolve()
+        return Path(model).resolve() == embedded_model_path().resolve()
     except OSError:
-        embedded = False
-    return EMBEDDED_GUIDANCE_SCALE if embedded else DEFAULT_GUIDANCE_SCALE
+        return False
 
 
 def _pipeline_classes() -> dict[str, type[DiffusionPipeline]]:

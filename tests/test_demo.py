@@ -18,7 +18,7 @@ from negguide.demo.examples import examples
 from negguide.demo.form import form_defaults, read_form
 from negguide.demo.model import DemoModel
 from negguide.demo.settings import module_fields, read_settings
-from negguide.loading import DEFAULT_GUIDANCE_SCALE, EMBEDDED_GUIDANCE_SCALE
+from negguide.loading import DEFAULT_GUIDANCE_SCALE, EMBEDDED_GUIDANCE_SCALE, embedded_model_path
 from negguide.metadata import parse_infotext, read_png_metadata
 from negguide.modules import Negative, PerpNeg
 from negguide.views import View
@@ -169,9 +169,13 @@ def test_uploads_that_are_not_images_or_too_large_are_refused(model: DemoModel, 
 def test_the_form_starts_at_the_models_guidance_scale(model: DemoModel) -> None:
     embedded = DemoModel.from_model(None)
     assert form_defaults(embedded.info, FIELDS)["guidance_scale"] == EMBEDDED_GUIDANCE_SCALE
-    assert DemoModel.from_pipeline(tiny_pipeline(), name="shapes-world").info.guidance_scale == DEFAULT_GUIDANCE_SCALE
     assert form_defaults(model.info, FIELDS)["guidance_scale"] == DEFAULT_GUIDANCE_SCALE
     assert not embedded.loaded
+    # the model's name decides, as for adaptive removal: the embedded model's name or its folder
+    other = DemoModel.from_pipeline(tiny_pipeline(), name="org/another-model").info
+    by_folder = DemoModel.from_pipeline(tiny_pipeline(), name=str(embedded_model_path())).info
+    assert (other.embedded, other.guidance_scale) == (False, DEFAULT_GUIDANCE_SCALE)
+    assert (by_folder.embedded, by_folder.guidance_scale) == (True, EMBEDDED_GUIDANCE_SCALE)
 
 
 def test_a_random_seed_replaces_the_seed_field(model: DemoModel) -> None:

@@ -9,7 +9,14 @@ from pathlib import Path
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 
 from negguide.errors import InputError
-from negguide.loading import EMBEDDED_MODEL_NAME, embedded_model_path, load_pipeline, recommended_guidance_scale
+from negguide.loading import (
+    DEFAULT_GUIDANCE_SCALE,
+    EMBEDDED_GUIDANCE_SCALE,
+    EMBEDDED_MODEL_NAME,
+    embedded_model_path,
+    is_embedded_model,
+    load_pipeline,
+)
 
 
 @dataclass(frozen=True)
@@ -21,20 +28,28 @@ class ModelInfo:
             in every image so that it can be regenerated.
         sampler (`str`): the scheduler's class name.
         width (`int`), height (`int`): the model's native image size.
-        guidance_scale (`float`): the guidance scale used unless a run gives one
-            (`negguide.loading.recommended_guidance_scale`).
     """
 
     name: str
     sampler: str
     width: int
     height: int
-    guidance_scale: float
 
     @property
     def source(self) -> str | None:
         """The ``model`` argument of `negguide.load_pipeline`: ``None`` for the embedded model."""
         return None if self.name == EMBEDDED_MODEL_NAME else self.name
+
+    @property
+    def embedded(self) -> bool:
+        """Whether ``name`` is the embedded shapes-world model, by its name or its folder."""
+        return is_embedded_model(self.name)
+
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale used unless a run gives one: `EMBEDDED_GUIDANCE_SCALE` for the embedded model
+        (it over-guides at 7.5), `DEFAULT_GUIDANCE_SCALE` for any other."""
+        return EMBEDDED_GUIDANCE_SCALE if self.embedded else DEFAULT_GUIDANCE_SCALE
 
 
 def model_label(name: str) -> str:
@@ -67,13 +82,7 @@ def read_model(model: str | None, argument: str = "--model") -> ModelInfo:
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise InputError(f"`{argument}`: cannot read the configuration of {model or name!r}: {error}") from None
     height, width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
-    return ModelInfo(
-        name=name,
-        sampler=sampler,
-        width=width * scale,
-        height=height * scale,
-        guidance_scale=recommended_guidance_scale(location),
-    )
+    return ModelInfo(name=name, sampler=sampler, width=width * scale, height=height * scale)
 
 
 def load_model(info: ModelInfo, device: str | None) -> DiffusionPipeline:
