@@ -16,7 +16,9 @@ on the embedded model unless ``--model`` names another. Two tables are printed:
    of one colour drawn touching, e.g. a second copy of the prompted object where the negative's object was).
 
 A method is ``none``, ``standard`` (the call's ``negative_prompt``), or a registered module name with
-optional JSON settings, ``NAME:{...}``, built from the case's negative with ``from_negative_prompt``.
+optional JSON settings, ``NAME:{...}``, built from the case's negative with ``from_negative_prompt`` and
+called with that negative as the call's ``negative_prompt`` (which ``negative_prompts`` uses as its
+negative, e.g. ``'negative_prompts:{"guidance_rescale": 0.7}'``).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def call_kwargs(method: str, negative: str | None) -> dict[str, Any]:
     module = registered(name, "--method").from_negative_prompt(negative)
     if settings:
         module = dataclasses.replace(module, **json.loads(settings))
-    return {"guidance": module}
+    return {"guidance": module, "negative_prompt": negative}
 
 
 def generate(pipe, prompt: str, seeds: Sequence[int], kwargs: dict[str, Any], args) -> list:
