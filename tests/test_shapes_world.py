@@ -64,9 +64,7 @@ def test_captions_use_the_vocabulary_and_grammar_and_name_present_objects():
             assert len(set(named)) == len(named)
         else:
             assert PHRASE_FORM.fullmatch(scene.caption), scene.caption
-            assert len(scene.objects) == 1
-            obj = scene.objects[0]
-            assert set(scene.caption.split()) <= {obj.colour, obj.shape}
+            assert any(set(scene.caption.split()) <= {o.colour, o.shape} for o in scene.objects), scene
 
 
 def test_one_object_captions_show_their_companion_often():
@@ -87,20 +85,21 @@ def test_one_object_captions_show_their_companion_often():
 
 def test_phrase_forms_and_overlap_pairs_occur():
     forms = Counter()
-    same_colour_named = same_shape_named = 0
+    named_pairs = same_colour_named = same_shape_named = 0
     for scene in scenes(5, 20_000):
         caption = scene.caption
-        if caption in COLOURS:
-            forms["colour"] += 1
-        elif caption in SHAPES:
-            forms["shape"] += 1
-        elif not caption.startswith("a "):
-            forms["colour shape"] += 1
+        if not caption.startswith("a "):
+            form = "colour" if caption in COLOURS else "shape" if caption in SHAPES else "colour shape"
+            forms[form] += 1
+            forms["among others"] += len(scene.objects) > 1
         else:
             named = named_objects(caption)
             for a, b in itertools.combinations(named, 2):
+                named_pairs += 1
                 same_colour_named += a[0] == b[0]
                 same_shape_named += a[1] == b[1]
-    assert min(forms[k] for k in ("colour", "shape", "colour shape")) >= 50
+    assert min(forms[k] for k in ("colour", "shape", "colour shape", "among others")) >= 50
     assert same_colour_named >= 50
     assert same_shape_named >= 50
+    # Uniformly drawn pairs share an attribute 5 times in 11; the world names such pairs more often.
+    assert (same_colour_named + same_shape_named) / named_pairs >= 0.55

@@ -8,9 +8,11 @@ that negative prompts have something to do:
   out of "a car"), so a one-object prompt shows that companion in a good share of its images;
 * many multi-object images are under-described (only some objects are named);
 * the phrase forms a user types as a negative ("blue square", "a blue square", "blue", "square")
-  are captions of matching single-object images;
+  are captions of images holding a matching object, alone or among others, as "a car" captions
+  photographs of cars in streets: a negative's own prediction then keeps the rest of the scene;
 * some companions share a colour or a shape with their object ("a red circle and a red square"),
-  the overlap cases that separate Perp-Neg from the standard negative prompt.
+  the overlap cases that separate Perp-Neg from the standard negative prompt, and half of the extra
+  objects share a colour or a shape with the first, so that captions name such pairs often.
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ COMPANIONS: dict[tuple[str, str], tuple[str, str]] = {
 #: The caption-sampling probabilities of :func:`sample_scene`.
 P_COMPANION = 0.5  # the primary object brings its companion
 P_EXTRA = 0.4  # one more random object
+P_RELATED_EXTRA = 0.5  # the extra object shares the primary's colour or shape
 P_NAME_COMPANION = 0.2  # the caption names the companion
 P_NAME_EXTRA = 0.6  # the caption names the extra object
-P_PHRASE_FORM = 0.2  # a single-object image is captioned "blue square", "blue" or "square"
+P_PHRASE_FORM = 0.12  # the image is captioned "blue square", "blue" or "square" after one of its objects
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,13 @@ def _random_kind(rng: random.Random) -> tuple[str, str]:
     return rng.choice(sorted(COLOURS)), rng.choice(SHAPES)
 
 
+def _related_kind(rng: random.Random, kind: tuple[str, str]) -> tuple[str, str]:
+    """Another kind with ``kind``'s colour or its shape."""
+    colour, shape = kind
+    return rng.choice([(colour, s) for s in SHAPES if s != shape] +
+                      [(c, shape) for c in sorted(COLOURS) if c != colour])
+
+
 def sample_scene(rng: random.Random, size: int = IMAGE_SIZE) -> Scene:
     """Draw one scene and its caption from the world's distribution (see the module docstring)."""
     while True:
@@ -151,7 +161,7 @@ def sample_scene(rng: random.Random, size: int = IMAGE_SIZE) -> Scene:
             if rng.random() < P_NAME_COMPANION:
                 named.append(COMPANIONS[primary])
         if rng.random() < P_EXTRA:
-            extra = _random_kind(rng)
+            extra = _related_kind(rng, primary) if rng.random() < P_RELATED_EXTRA else _random_kind(rng)
             if extra not in kinds:
                 kinds.append(extra)
                 if rng.random() < P_NAME_EXTRA:
@@ -159,8 +169,8 @@ def sample_scene(rng: random.Random, size: int = IMAGE_SIZE) -> Scene:
         objects = _place(rng, kinds, size)
         if objects is not None:
             break
-    if len(kinds) == 1 and rng.random() < P_PHRASE_FORM:
-        colour, shape = primary
+    if rng.random() < P_PHRASE_FORM:
+        colour, shape = rng.choice(kinds)
         caption = rng.choice([f"{colour} {shape}", colour, shape])
     else:
         rng.shuffle(named)
