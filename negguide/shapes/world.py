@@ -11,8 +11,9 @@ that negative prompts have something to do:
   are captions of images holding a matching object, alone or among others, as "a car" captions
   photographs of cars in streets: a negative's own prediction then keeps the rest of the scene;
 * some companions share a colour or a shape with their object ("a red circle and a red square"),
-  the overlap cases that separate Perp-Neg from the standard negative prompt, and half of the extra
-  objects share a colour or a shape with the first, so that captions name such pairs often.
+  the overlap cases that separate Perp-Neg from the standard negative prompt; half of the extra
+  objects are drawn among the kinds that share the first object's colour or shape, so that captions
+  name such pairs often.
 """
 
 from __future__ import annotations
