@@ -7,7 +7,8 @@
 Every batch is one prompt (every one-object prompt of ``negguide.shapes.cases``, then every pair of two
 different objects: 78 prompts, cycled with new seeds when ``--batches`` asks for more) and ``--images`` images,
 one CPU generator per image; 64x64, ``--steps`` steps, CFG ``--scale``. NegToMe uses its defaults (alpha 0.9,
-threshold 0.7, the first fifth of the run) unless ``--alpha``, ``--threshold`` or ``--stop`` say otherwise.
+threshold 0.7, the first fifth of the run, the up blocks' attention layers) unless ``--alpha``,
+``--threshold``, ``--stop`` or ``--layers`` say otherwise.
 Each measure is taken twice: on pixels (RMS distance, `negguide.metrics.batch_diversity` and `similarity`) and
 on what the images hold (the detector's object kinds, `negguide.metrics.composition_diversity` and
 `composition_similarity`); on this world's white background the pixel distance of two images whose objects do
@@ -39,6 +40,7 @@ import torch
 import negguide
 from negguide import NegToMe
 from negguide.loading import EMBEDDED_GUIDANCE_SCALE
+from negguide.modules.negtome import DEFAULT_LAYERS
 from negguide.metrics import (
     batch_diversity,
     composition_diversity,
@@ -169,6 +171,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--stop", type=float, default=0.2)
+    parser.add_argument("--layers", default=DEFAULT_LAYERS, help="NegToMe's layer pattern (default: the up blocks)")
     parser.add_argument("--mask-companion", action="store_true",
                         help="reference mode matches only the companion's tokens (`companion_mask`)")
     parser.add_argument("--per-call", type=int, default=6, help="batches per pipeline call in batch mode")
@@ -177,7 +180,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = negguide.load_pipeline(args.model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    settings = {"alpha": args.alpha, "threshold": args.threshold, "stop": args.stop}
+    settings = {"alpha": args.alpha, "threshold": args.threshold, "stop": args.stop, "layers": args.layers}
     base = "without NegToMe"
     batch_methods = {
         base: None,
@@ -202,7 +205,8 @@ def main() -> None:
 
     header = (
         f"{args.batches} batches x {args.images} images ({len(set(prompts))} prompts), {args.steps} steps, "
-        f"CFG {args.scale}, alpha {args.alpha}, threshold {args.threshold}, window [0, {args.stop})"
+        f"CFG {args.scale}, alpha {args.alpha}, threshold {args.threshold}, window [0, {args.stop}), layers "
+        f"{args.layers!r}"
     )
     masking = ", reference masked to the companion" if args.mask_companion else ""
     print(f"\n### Batch diversity: {header}\n")
