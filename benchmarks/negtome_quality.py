@@ -40,7 +40,6 @@ import torch
 import negguide
 from negguide import NegToMe
 from negguide.loading import EMBEDDED_GUIDANCE_SCALE
-from negguide.modules.negtome import DEFAULT_LAYERS
 from negguide.metrics import (
     batch_diversity,
     composition_diversity,
@@ -49,6 +48,7 @@ from negguide.metrics import (
     parse_prompt,
     similarity,
 )
+from negguide.modules.negtome import DEFAULT_LAYERS
 from negguide.shapes import COMPANIONS, ShapeObject, detect, render
 from negguide.shapes.cases import every_pair_prompts, one_object_prompts
 
