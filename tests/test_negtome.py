@@ -177,6 +177,13 @@ def test_nearest_anchor_changes_every_image(pipe):
     assert all(not torch.equal(a, b) for a, b in zip(images, expected))
 
 
+@pytest.mark.parametrize("anchor", ["first", "nearest"])
+def test_a_prompt_with_one_image_is_left_as_it_is(pipe, anchor):
+    expected = run(pipe, num_images_per_prompt=1, seeds=(0, 1))
+    images = run(pipe, num_images_per_prompt=1, seeds=(0, 1), guidance=NegToMe(anchor=anchor, **EVERYWHERE))
+    assert torch.equal(images, expected)
+
+
 def latents_per_step(pipe, guidance) -> list[torch.Tensor]:
     seen = []
 

@@ -262,11 +262,13 @@ class NegToMeState(PatchState):
         sources: list[list[int]] = []
         for images, references in groups.values():
             if self.module.mode == "reference":
-                pairs = [(image, references) for image in images] if references else []
+                pairs = [(image, references) for image in images]
             elif self.module.anchor == "first":
                 pairs = [(image, images[:1]) for image in images[1:]]
             else:
                 pairs = [(image, [other for other in images if other != image]) for image in images]
+            # A prompt with one image (or no reference row) has nothing to be pushed from.
+            pairs = [(target, source) for target, source in pairs if source]
             targets.extend(target for target, _ in pairs)
             sources.extend(source for _, source in pairs)
         if not targets:
