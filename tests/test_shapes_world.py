@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from negguide.shapes import COLOURS, COMPANIONS, SHAPES, render, sample_scene, scenes
-from negguide.shapes.world import IMAGE_SIZE, MAX_SIZE, MIN_SIZE, vocabulary
+from negguide.shapes.world import GAP, IMAGE_SIZE, MAX_SIZE, MIN_SIZE, vocabulary
 
 COLOUR = "|".join(COLOURS)
 SHAPE = "|".join(SHAPES)
@@ -50,7 +50,7 @@ def test_objects_fit_the_image_and_keep_apart():
         for a, b in itertools.combinations(scene.objects, 2):
             gap_x = abs(a.cx - b.cx) - (a.size + b.size) / 2
             gap_y = abs(a.cy - b.cy) - (a.size + b.size) / 2
-            assert max(gap_x, gap_y) > 2
+            assert max(gap_x, gap_y) > GAP
 
 
 def test_captions_use_the_vocabulary_and_grammar_and_name_present_objects():

@@ -1,7 +1,7 @@
 """The shapes world: a small synthetic text-to-image world with a known ground truth.
 
-Images are 64x64 RGB on a white background holding one to three flat, anti-aliased shapes that do
-not overlap. Captions follow one grammar ("a red circle and a blue square"). The world is built so
+Images are 64x64 RGB on a white background holding one to three flat, anti-aliased shapes whose boxes
+keep ``GAP`` pixels apart. Captions follow one grammar ("a red circle and a blue square"). The world is built so
 that negative prompts have something to do:
 
 * every object has a frequent *companion* that is often left out of the caption (as a street is left
@@ -33,6 +33,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 MIN_SIZE, MAX_SIZE = 14, 30
+#: The least distance (pixels) between two objects' boxes: most of a latent cell of an f=8 autoencoder, so that
+#: objects drawn side by side (squares fill their boxes) stay apart in the latent grid too.
+GAP = 6
 
 #: Each object's frequent, often unmentioned companion. Some share a colour, some a shape.
 COMPANIONS: dict[tuple[str, str], tuple[str, str]] = {
@@ -130,8 +133,7 @@ def _place(rng: random.Random, kinds: list[tuple[str, str]], size: int) -> list[
             s = rng.uniform(MIN_SIZE, MAX_SIZE)
             cx = rng.uniform(s / 2, size - s / 2)
             cy = rng.uniform(s / 2, size - s / 2)
-            # Objects keep a gap of 2 px between their boxes so the shapes never touch.
-            if all(abs(cx - o.cx) > (s + o.size) / 2 + 2 or abs(cy - o.cy) > (s + o.size) / 2 + 2
+            if all(abs(cx - o.cx) > (s + o.size) / 2 + GAP or abs(cy - o.cy) > (s + o.size) / 2 + GAP
                    for o in placed):
                 placed.append(ShapeObject(colour, shape, cx, cy, s))
                 break
