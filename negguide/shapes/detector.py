@@ -20,8 +20,8 @@ accuracy from the soft ``alpha`` values (so they survive anti-aliasing and blur)
 
 Skew tells a triangle from the rest; fill then tells a square from a circle (see :func:`classify`).
 
-Limits: two objects of one colour that touch (the world keeps them ``GAP`` px apart, a blurry image may not)
-merge into one detection; objects of different colours that touch stay apart.
+Limits: two objects of one colour that touch (the world keeps their boxes ``world.GAP`` px apart, a blurry
+image may not) merge into one detection; objects of different colours that touch stay apart.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The shapes world: a small synthetic text-to-image world with a known ground truth.
 
 Images are 64x64 RGB on a white background holding one to three flat, anti-aliased shapes whose boxes
-keep ``GAP`` pixels apart. Captions follow one grammar ("a red circle and a blue square"). The world is built so
-that negative prompts have something to do:
+keep ``GAP`` pixels apart. Captions follow one grammar ("a red circle and a blue square"). The world is
+built so that negative prompts have something to do:
 
 * every object has a frequent *companion* that is often left out of the caption (as a street is left
   out of "a car"), so a one-object prompt shows that companion in a good share of its images;
