@@ -17,7 +17,7 @@ from negguide.shapes.world import vocabulary
 
 # Seeds whose images the detector judges as asked on the shipped weights: a regression check on the
 # verdicts, not on pixels.
-SEED_ONE, SEED_TWO, SEED_NEG = 1, 1, 8
+SEED_ONE, SEED_TWO, SEED_NEG = 0, 1, 1
 
 
 @pytest.fixture(scope="module")
