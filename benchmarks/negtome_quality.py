@@ -3,22 +3,23 @@
     python benchmarks/negtome_quality.py                        # 78 prompts x 4 images, the embedded model
     python benchmarks/negtome_quality.py --alpha 3 --threshold 0.3 --stop 0.5
     python benchmarks/negtome_quality.py --batches 8 --model /path/to/model
+    python benchmarks/negtome_quality.py --first-seed 1000      # the same prompts, other seeds
 
 Every batch is one prompt (every one-object prompt of ``negguide.shapes.cases``, then every pair of two
 different objects: 78 prompts, cycled with new seeds when ``--batches`` asks for more) and ``--images`` images,
-one CPU generator per image; 64x64, ``--steps`` steps, CFG ``--scale``. NegToMe uses its defaults (alpha 0.9,
-threshold 0.7, the first fifth of the run, the up blocks' attention layers) unless ``--alpha``,
-``--threshold``, ``--stop`` or ``--layers`` say otherwise.
+one CPU generator per image, seeds counting up from ``--first-seed``; 64x64, ``--steps`` steps, CFG ``--scale``.
+NegToMe uses its defaults (alpha 0.9, threshold 0.7, the first fifth of the run, the up blocks' attention layers)
+unless ``--alpha``, ``--threshold``, ``--stop`` or ``--layers`` say otherwise.
 Each measure is taken twice: on pixels (RMS distance, `negguide.metrics.batch_diversity` and `similarity`) and
 on what the images hold (the detector's object kinds, `negguide.metrics.composition_diversity` and
 `composition_similarity`); on this world's white background the pixel distance of two images whose objects do
 not overlap does not depend on where the objects are. Two tables are printed:
 
-1. *Diversity*: the mean pairwise distance within a batch and the share of images holding every object their
-   prompt names (the detector's verdict), without NegToMe and with NegToMe in batch mode, anchored on the
+1. *Diversity*: the mean pairwise distance within a batch, the share of images holding every object their
+   prompt names (the detector's verdict) and the share holding an object it does not name, without NegToMe and with NegToMe in batch mode, anchored on the
    first image (the paper) or on each image's nearest other.
 2. *Reference*: each batch's reference is the picture this model often draws for the prompt, its objects with
-   a frequent companion (`look_to_avoid`); the mean similarity of the images to it and the adherence, without
+   a frequent companion (`look_to_avoid`); the mean similarity of the images to it and the same shares, without
    NegToMe and with NegToMe in reference mode (``--mask-companion``: only the companion's tokens may be matched,
    the part of the picture to avoid).
 
@@ -44,6 +45,7 @@ from negguide.metrics import (
     batch_diversity,
     composition_diversity,
     composition_similarity,
+    extra_objects,
     judge,
     parse_prompt,
     similarity,
@@ -107,7 +109,8 @@ def generate(pipe, prompts: Sequence[str], images: int, first_seed: int, guidanc
 class Scores:
     """Per run, one value per batch of each measure."""
 
-    MEASURES = ("pixel diversity", "composition diversity", "pixel similarity", "composition similarity", "named")
+    MEASURES = ("pixel diversity", "composition diversity", "pixel similarity", "composition similarity", "named",
+                "extra")
 
     def __init__(self) -> None:
         self.values: dict[str, dict[str, list[float]]] = {}
@@ -124,6 +127,7 @@ class Scores:
                 composition_similarity(found, reference_detections) for found in detections
             ),
             "named": statistics.fmean(judge(found, prompt).named for found in detections),
+            "extra": statistics.fmean(bool(extra_objects(found, prompt)) for found in detections),
         }
         run_values = self.values.setdefault(run, {measure: [] for measure in self.MEASURES})
         for measure, value in batch.items():
@@ -140,11 +144,13 @@ class Scores:
         return statistics.fmean(differences), 1.96 * spread / math.sqrt(len(differences))
 
     def table(self, runs: Sequence[str], kind: str, base: str) -> str:
-        """A Markdown table of the ``kind`` ("diversity" or "similarity") measures and adherence, with each
-        run's change from ``base`` and the change's 95% interval over the batches."""
+        """A Markdown table of the ``kind`` ("diversity" or "similarity") measures, adherence and the share of
+        images with unnamed objects, with each run's change from ``base`` and the change's 95% interval over the
+        batches."""
         lines = [
-            f"| run | pixel {kind} | change % | composition {kind} | change % | named objects % | change (points) |",
-            "|---|---|---|---|---|---|---|",
+            (f"| run | pixel {kind} | change % | composition {kind} | change % | named objects % | change (points) "
+             "| with extra objects % | change (points) |"),
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for run in runs:
             cells = []
@@ -155,8 +161,9 @@ class Scores:
                 if reference:
                     change = f"{100 * difference / reference:+.1f} ± {100 * interval / reference:.1f}"
                 cells += [f"{self.mean(run, measure):.4f}", change]
-            difference, interval = self.change(run, base, "named")
-            cells += [f"{100 * self.mean(run, 'named'):.1f}", f"{100 * difference:+.1f} ± {100 * interval:.1f}"]
+            for measure in ("named", "extra"):
+                difference, interval = self.change(run, base, measure)
+                cells += [f"{100 * self.mean(run, measure):.1f}", f"{100 * difference:+.1f} ± {100 * interval:.1f}"]
             lines.append(f"| {run} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -174,6 +181,7 @@ def main() -> None:
     parser.add_argument("--layers", default=DEFAULT_LAYERS, help="NegToMe's layer pattern (default: the up blocks)")
     parser.add_argument("--mask-companion", action="store_true",
                         help="reference mode matches only the companion's tokens (`companion_mask`)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seed of the first image; the others count up")
     parser.add_argument("--per-call", type=int, default=6, help="batches per pipeline call in batch mode")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -193,7 +201,7 @@ def main() -> None:
     started = time.perf_counter()
     for begin in range(0, len(prompts), args.per_call):
         chunk = prompts[begin : begin + args.per_call]
-        first_seed = begin * args.images
+        first_seed = args.first_seed + begin * args.images
         for name, guidance in batch_methods.items():
             for prompt, images in zip(chunk, generate(pipe, chunk, args.images, first_seed, guidance, args)):
                 scores.add(name, images, prompt)
@@ -204,7 +212,8 @@ def main() -> None:
             scores.add(reference_run, images, prompt)
 
     header = (
-        f"{args.batches} batches x {args.images} images ({len(set(prompts))} prompts), {args.steps} steps, "
+        f"{args.batches} batches x {args.images} images ({len(set(prompts))} prompts, seeds from {args.first_seed}), "
+        f"{args.steps} steps, "
         f"CFG {args.scale}, alpha {args.alpha}, threshold {args.threshold}, window [0, {args.stop}), layers "
         f"{args.layers!r}"
     )
