@@ -16,8 +16,8 @@ on what the images hold (the detector's object kinds, `negguide.metrics.composit
 not overlap does not depend on where the objects are. Two tables are printed:
 
 1. *Diversity*: the mean pairwise distance within a batch, the share of images holding every object their
-   prompt names (the detector's verdict) and the share holding an object it does not name, without NegToMe and with NegToMe in batch mode, anchored on the
-   first image (the paper) or on each image's nearest other.
+   prompt names (the detector's verdict) and the share holding an object it does not name, without NegToMe and
+   with NegToMe in batch mode, anchored on the first image (the paper) or on each image's nearest other.
 2. *Reference*: each batch's reference is the picture this model often draws for the prompt, its objects with
    a frequent companion (`look_to_avoid`); the mean similarity of the images to it and the same shares, without
    NegToMe and with NegToMe in reference mode (``--mask-companion``: only the companion's tokens may be matched,
@@ -185,6 +185,8 @@ def main() -> None:
     parser.add_argument("--per-call", type=int, default=6, help="batches per pipeline call in batch mode")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.first_seed < 0:
+        parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
     torch.set_num_threads(args.threads)
     pipe = negguide.load_pipeline(args.model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
@@ -213,9 +215,8 @@ def main() -> None:
 
     header = (
         f"{args.batches} batches x {args.images} images ({len(set(prompts))} prompts, seeds from {args.first_seed}), "
-        f"{args.steps} steps, "
-        f"CFG {args.scale}, alpha {args.alpha}, threshold {args.threshold}, window [0, {args.stop}), layers "
-        f"{args.layers!r}"
+        f"{args.steps} steps, CFG {args.scale}, alpha {args.alpha}, threshold {args.threshold}, window "
+        f"[0, {args.stop}), layers {args.layers!r}"
     )
     masking = ", reference masked to the companion" if args.mask_companion else ""
     print(f"\n### Batch diversity: {header}\n")
