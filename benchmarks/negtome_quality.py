@@ -9,7 +9,7 @@ Every batch is one prompt (every one-object prompt of ``negguide.shapes.cases``,
 different objects: 78 prompts, cycled with new seeds when ``--batches`` asks for more) and ``--images`` images,
 one CPU generator per image, seeds counting up from ``--first-seed``; 64x64, ``--steps`` steps, CFG ``--scale``.
 NegToMe uses its defaults (alpha 0.9, threshold 0.7, the first fifth of the run, the up blocks' attention layers)
-unless ``--alpha``, ``--threshold``, ``--stop`` or ``--layers`` say otherwise.
+unless ``--alpha``, ``--threshold``, ``--start``, ``--stop`` or ``--layers`` say otherwise.
 Each measure is taken twice: on pixels (RMS distance, `negguide.metrics.batch_diversity` and `similarity`) and
 on what the images hold (the detector's object kinds, `negguide.metrics.composition_diversity` and
 `composition_similarity`); on this world's white background the pixel distance of two images whose objects do
@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=EMBEDDED_GUIDANCE_SCALE, help="CFG scale (the embedded model's)")
     parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--threshold", type=float, default=0.7)
+    parser.add_argument("--start", type=float, default=0.0)
     parser.add_argument("--stop", type=float, default=0.2)
     parser.add_argument("--layers", default=DEFAULT_LAYERS, help="NegToMe's layer pattern (default: the up blocks)")
     parser.add_argument("--mask-companion", action="store_true",
@@ -190,7 +191,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = negguide.load_pipeline(args.model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    settings = {"alpha": args.alpha, "threshold": args.threshold, "stop": args.stop, "layers": args.layers}
+    settings = {"alpha": args.alpha, "threshold": args.threshold, "start": args.start, "stop": args.stop,
+                "layers": args.layers}
     base = "without NegToMe"
     batch_methods = {
         base: None,
@@ -216,7 +218,7 @@ def main() -> None:
     header = (
         f"{args.batches} batches x {args.images} images ({len(set(prompts))} prompts, seeds from {args.first_seed}), "
         f"{args.steps} steps, CFG {args.scale}, alpha {args.alpha}, threshold {args.threshold}, window "
-        f"[0, {args.stop}), layers {args.layers!r}"
+        f"[{args.start}, {args.stop}), layers {args.layers!r}"
     )
     masking = ", reference masked to the companion" if args.mask_companion else ""
     print(f"\n### Batch diversity: {header}\n")
