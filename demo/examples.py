@@ -61,6 +61,12 @@ def examples() -> list[Example]:
                 "negatives": [["red circle", 1.0, 0.0, 1.0]],
                 "methods": ["negtome"],
                 "images": 3,
+                # The settings under which the embedded model's batches diversify (README, "NegToMe").
+                "negtome.anchor": "nearest",
+                "negtome.alpha": 3.0,
+                "negtome.threshold": 0.5,
+                "negtome.start": 0.1,
+                "negtome.stop": 0.5,
             },
         ),
         Example(
