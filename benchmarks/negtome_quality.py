@@ -2,6 +2,7 @@
 
     python benchmarks/negtome_quality.py                        # 78 prompts x 4 images, the embedded model
     python benchmarks/negtome_quality.py --alpha 3 --threshold 0.3 --stop 0.5
+    python benchmarks/negtome_quality.py --alpha 3 --threshold 0.5 --start 0.1 --stop 0.5 --mask-companion --batches 156
     python benchmarks/negtome_quality.py --batches 8 --model /path/to/model
     python benchmarks/negtome_quality.py --first-seed 1000      # the same prompts, other seeds
 
