@@ -46,7 +46,6 @@ from negguide.metrics import (
     batch_diversity,
     composition_diversity,
     composition_similarity,
-    extra_objects,
     judge,
     parse_prompt,
     similarity,
@@ -110,9 +109,6 @@ def generate(pipe, prompts: Sequence[str], images: int, first_seed: int, guidanc
 class Scores:
     """Per run, one value per batch of each measure."""
 
-    MEASURES = ("pixel diversity", "composition diversity", "pixel similarity", "composition similarity", "named",
-                "extra")
-
     def __init__(self) -> None:
         self.values: dict[str, dict[str, list[float]]] = {}
 
@@ -120,6 +116,7 @@ class Scores:
         reference = look_to_avoid(prompt)
         detections = [detect(image) for image in images]
         reference_detections = detect(reference)
+        verdicts = [judge(found, prompt) for found in detections]
         batch = {
             "pixel diversity": batch_diversity(images),
             "composition diversity": composition_diversity(detections),
@@ -127,12 +124,12 @@ class Scores:
             "composition similarity": statistics.fmean(
                 composition_similarity(found, reference_detections) for found in detections
             ),
-            "named": statistics.fmean(judge(found, prompt).named for found in detections),
-            "extra": statistics.fmean(bool(extra_objects(found, prompt)) for found in detections),
+            "named": statistics.fmean(verdict.named for verdict in verdicts),
+            "extra": statistics.fmean(verdict.extra > 0 for verdict in verdicts),
         }
-        run_values = self.values.setdefault(run, {measure: [] for measure in self.MEASURES})
+        run_values = self.values.setdefault(run, {})
         for measure, value in batch.items():
-            run_values[measure].append(value)
+            run_values.setdefault(measure, []).append(value)
 
     def mean(self, run: str, measure: str) -> float:
         return statistics.fmean(self.values[run][measure])
@@ -178,7 +175,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=EMBEDDED_GUIDANCE_SCALE, help="CFG scale (the embedded model's)")
     parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--threshold", type=float, default=0.7)
-    parser.add_argument("--start", type=float, default=0.0)
+    parser.add_argument("--start", type=float, default=0.0, help="NegToMe's first step fraction")
     parser.add_argument("--stop", type=float, default=0.2)
     parser.add_argument("--layers", default=DEFAULT_LAYERS, help="NegToMe's layer pattern (default: the up blocks)")
     parser.add_argument("--mask-companion", action="store_true",
