@@ -9,6 +9,11 @@ guidance and negative prompts work (Ho & Salimans, arXiv 2207.12598), min-SNR lo
 (Hang et al., arXiv 2303.09556) and an EMA of the weights; and the export of a
 ``StableDiffusionPipeline`` folder in fp16. Every random draw is seeded from ``--seed`` and the step
 number, so a resumed run sees the same batches as an uninterrupted one.
+
+``--init FOLDER`` continues from a pipeline folder this command wrote (the shipped model, say) instead of
+starting from nothing: its VAE and latent scaling are kept (no VAE phase) and its UNet and text encoder
+are trained further on the world as the code now draws it, the way to try a change of the world without
+a run from nothing.
 """
 
 from __future__ import annotations
@@ -95,6 +100,8 @@ def save_checkpoint(path: Path, **state) -> None:
 
 
 def train_vae(args, work: Path, log: Log) -> AutoencoderKL:
+    if args.init is not None:
+        return AutoencoderKL.from_pretrained(args.init / "vae", torch_dtype=torch.float32)
     final = work / "vae"
     if (final / "config.json").exists():
         return AutoencoderKL.from_pretrained(final)
@@ -145,7 +152,7 @@ def encode_dataset(args, vae: AutoencoderKL, tokenizer, work: Path, log: Log) ->
         latents.append(vae.encode(to_tensor([render(s.objects) for s in batch])).latent_dist.mean)
         captions += [s.caption for s in batch]
     latents = torch.cat(latents)
-    scaling = 1.0 / latents.std().item()
+    scaling = vae.config.scaling_factor if args.init is not None else 1.0 / latents.std().item()
     ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True,
                     return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
@@ -158,8 +165,15 @@ def encode_dataset(args, vae: AutoencoderKL, tokenizer, work: Path, log: Log) ->
 def train_unet(args, data: dict, tokenizer, work: Path, log: Log):
     final = work / "unet_done.pt"
     torch.manual_seed(args.seed)
-    unet = UNet2DConditionModel(**unet_config())
-    text = CLIPTextModel(text_config(tokenizer))
+    if args.init is not None:
+        unet = UNet2DConditionModel.from_pretrained(args.init / "unet", torch_dtype=torch.float32)
+        text = CLIPTextModel.from_pretrained(args.init / "text_encoder", torch_dtype=torch.float32)
+        if text.config.vocab_size != len(tokenizer):
+            raise ValueError(f"--init {args.init}: its text encoder knows {text.config.vocab_size} tokens but the "
+                             f"world's tokenizer has {len(tokenizer)}; a world with other words needs a run from nothing")
+    else:
+        unet = UNet2DConditionModel(**unet_config())
+        text = CLIPTextModel(text_config(tokenizer))
     if final.exists():
         state = torch.load(final, weights_only=False)
         unet.load_state_dict(state["unet"])
@@ -234,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m negguide.shapes.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("negguide/shapes/model"), help="pipeline folder to write")
     parser.add_argument("--work", type=Path, default=Path(".train/shapes"), help="checkpoints and log")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="a pipeline folder this command wrote, to continue from (its VAE is kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vae-steps", type=int, default=1200)
@@ -247,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--ema", type=float, default=0.999)
     args = parser.parse_args(argv)
+    if args.init is not None and not (args.init / "model_index.json").is_file():
+        parser.error(f"--init {args.init}: not a diffusers pipeline folder (no model_index.json); pass a folder "
+                     "this command wrote, such as negguide/shapes/model")
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     log = Log(args.work)
