@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -36,3 +39,14 @@ def test_init_must_be_a_pipeline_folder(tmp_path, capsys):
         main(["--init", str(tmp_path), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
     assert "not a diffusers pipeline folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_init_must_know_the_worlds_words(tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(embedded_model_path(), folder)
+    config = folder / "text_encoder" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "vocab_size": 3}))
+    with pytest.raises(SystemExit):
+        main(["--init", str(folder), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    assert "knows 3 tokens" in capsys.readouterr().err
+    assert not (tmp_path / "work" / "latents.pt").exists()

@@ -168,9 +168,6 @@ def train_unet(args, data: dict, tokenizer, work: Path, log: Log):
     if args.init is not None:
         unet = UNet2DConditionModel.from_pretrained(args.init / "unet", torch_dtype=torch.float32)
         text = CLIPTextModel.from_pretrained(args.init / "text_encoder", torch_dtype=torch.float32)
-        if text.config.vocab_size != len(tokenizer):
-            raise ValueError(f"--init {args.init}: its text encoder knows {text.config.vocab_size} tokens but the "
-                             f"world's tokenizer has {len(tokenizer)}; a world with other words needs a run from nothing")
     else:
         unet = UNet2DConditionModel(**unet_config())
         text = CLIPTextModel(text_config(tokenizer))
@@ -271,6 +268,11 @@ def main(argv: list[str] | None = None) -> None:
     log = Log(args.work)
     log(event="start", **{k: str(v) for k, v in vars(args).items()})
     tokenizer = write_tokenizer(args.work / "tokenizer")
+    if args.init is not None:
+        known = json.loads((args.init / "text_encoder" / "config.json").read_text())["vocab_size"]
+        if known != len(tokenizer):
+            parser.error(f"--init {args.init}: its text encoder knows {known} tokens but the world's tokenizer has "
+                         f"{len(tokenizer)}; a world with other words needs a run from nothing (leave out --init)")
     vae = train_vae(args, args.work, log)
     data = encode_dataset(args, vae, tokenizer, args.work, log)
     unet, text = train_unet(args, data, tokenizer, args.work, log)
