@@ -100,8 +100,6 @@ def save_checkpoint(path: Path, **state) -> None:
 
 
 def train_vae(args, work: Path, log: Log) -> AutoencoderKL:
-    if args.init is not None:
-        return AutoencoderKL.from_pretrained(args.init / "vae", torch_dtype=torch.float32)
     final = work / "vae"
     if (final / "config.json").exists():
         return AutoencoderKL.from_pretrained(final)
@@ -141,7 +139,7 @@ def train_vae(args, work: Path, log: Log) -> AutoencoderKL:
 
 
 @torch.no_grad()
-def encode_dataset(args, vae: AutoencoderKL, tokenizer, work: Path, log: Log) -> dict:
+def encode_dataset(args, vae: AutoencoderKL, tokenizer, work: Path, log: Log, keep_scaling: bool) -> dict:
     path = work / "latents.pt"
     if path.exists():
         return torch.load(path)
@@ -152,7 +150,7 @@ def encode_dataset(args, vae: AutoencoderKL, tokenizer, work: Path, log: Log) ->
         latents.append(vae.encode(to_tensor([render(s.objects) for s in batch])).latent_dist.mean)
         captions += [s.caption for s in batch]
     latents = torch.cat(latents)
-    scaling = vae.config.scaling_factor if args.init is not None else 1.0 / latents.std().item()
+    scaling = vae.config.scaling_factor if keep_scaling else 1.0 / latents.std().item()
     ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True,
                     return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
@@ -162,15 +160,27 @@ def encode_dataset(args, vae: AutoencoderKL, tokenizer, work: Path, log: Log) ->
     return data
 
 
-def train_unet(args, data: dict, tokenizer, work: Path, log: Log):
+def fresh_models(seed: int, tokenizer) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**unet_config()), CLIPTextModel(text_config(tokenizer))
+
+
+def load_init(parser: argparse.ArgumentParser, folder: Path, tokenizer):
+    """The VAE, UNet and text encoder of ``folder`` in fp32, after checking it suits this world's tokenizer."""
+    if not (folder / "model_index.json").is_file():
+        parser.error(f"--init {folder}: not a diffusers pipeline folder (no model_index.json); pass a folder "
+                     "this command wrote, such as negguide/shapes/model")
+    known = json.loads((folder / "text_encoder" / "config.json").read_text())["vocab_size"]
+    if known != len(tokenizer):
+        parser.error(f"--init {folder}: its text encoder knows {known} tokens but the world's tokenizer has "
+                     f"{len(tokenizer)}; a world with other words needs a run from nothing (leave out --init)")
+    return (AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32),
+            UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32),
+            CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32))
+
+
+def train_unet(args, data: dict, unet: UNet2DConditionModel, text: CLIPTextModel, work: Path, log: Log):
     final = work / "unet_done.pt"
-    torch.manual_seed(args.seed)
-    if args.init is not None:
-        unet = UNet2DConditionModel.from_pretrained(args.init / "unet", torch_dtype=torch.float32)
-        text = CLIPTextModel.from_pretrained(args.init / "text_encoder", torch_dtype=torch.float32)
-    else:
-        unet = UNet2DConditionModel(**unet_config())
-        text = CLIPTextModel(text_config(tokenizer))
     if final.exists():
         state = torch.load(final, weights_only=False)
         unet.load_state_dict(state["unet"])
@@ -260,22 +270,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--ema", type=float, default=0.999)
     args = parser.parse_args(argv)
-    if args.init is not None and not (args.init / "model_index.json").is_file():
-        parser.error(f"--init {args.init}: not a diffusers pipeline folder (no model_index.json); pass a folder "
-                     "this command wrote, such as negguide/shapes/model")
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     log = Log(args.work)
     log(event="start", **{k: str(v) for k, v in vars(args).items()})
     tokenizer = write_tokenizer(args.work / "tokenizer")
-    if args.init is not None:
-        known = json.loads((args.init / "text_encoder" / "config.json").read_text())["vocab_size"]
-        if known != len(tokenizer):
-            parser.error(f"--init {args.init}: its text encoder knows {known} tokens but the world's tokenizer has "
-                         f"{len(tokenizer)}; a world with other words needs a run from nothing (leave out --init)")
-    vae = train_vae(args, args.work, log)
-    data = encode_dataset(args, vae, tokenizer, args.work, log)
-    unet, text = train_unet(args, data, tokenizer, args.work, log)
+    if args.init is None:
+        vae = train_vae(args, args.work, log)
+        unet, text = fresh_models(args.seed, tokenizer)
+    else:
+        vae, unet, text = load_init(parser, args.init, tokenizer)
+    data = encode_dataset(args, vae, tokenizer, args.work, log, keep_scaling=args.init is not None)
+    unet, text = train_unet(args, data, unet, text, args.work, log)
     export(args, vae, unet, text, tokenizer, data["scaling_factor"], args.out, log)
 
 
