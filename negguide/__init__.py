@@ -3,6 +3,7 @@
 from negguide.analysis import AnalysisResult, analyze_negative
 from negguide.loading import load_pipeline
 from negguide.modules import (
+    NAG,
     Combiner,
     GuidanceModule,
     Negative,
@@ -18,6 +19,7 @@ from negguide.removal import RemovalResult, remove_object, remove_objects
 from negguide.views import View
 
 __all__ = [
+    "NAG",
     "AnalysisResult",
     "Combiner",
     "GuidanceModule",

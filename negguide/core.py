@@ -1,8 +1,8 @@
 """The per-step core shared by every pipeline family.
 
 At each step: take the combiner's branches, build one batch of rows (recorded in a `BatchLayout`), run the
-denoiser once (or in chunks of whole branches), split the output per branch, combine, and post-process
-(guidance rescale). Text conditions are encoded once per call and distinct text, never per step.
+denoiser once (or in chunks of whole branches), split the output per branch, combine, and run the post-combine
+chain (`negguide.postprocess`: guidance rescale). Text conditions are encoded once per call and distinct text, never per step.
 
 A family (SD, SDXL, SD3, Flux) provides two callables: ``encode(texts) -> fields`` (its text encoders; a text
 is a string, or an `EncoderTexts` with one string per encoder) and ``denoise(latent_rows, fields) ->
@@ -14,17 +14,18 @@ packed ``(tokens, channels)``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 
 import torch
 
-from negguide import functional as F
 from negguide.branches import COND, Blend, Branch, CallInfo, EmbedsRef, EncoderTexts, Step, Text, TextKey
 from negguide.checks import unit_interval
 from negguide.layout import BatchLayout, ExtraRow
 from negguide.modules.base import PatchContext, PatchState
-from negguide.modules.resolve import GuidanceArg, resolve_guidance
+from negguide.modules.resolve import GuidanceArg, patcher_claims_negative_prompt, resolve_guidance
+from negguide.postprocess import GuidanceRescale, PostCombine
 
 Fields = dict[str, torch.Tensor]
 Encoder = Callable[[list[Text]], Fields]
@@ -98,10 +99,17 @@ class Guide:
         guidance_rescale: float = 0.0,
     ) -> None:
         self.combiner, self.patchers = resolve_guidance(guidance, negative_prompt)
+        self.negative_claimed = patcher_claims_negative_prompt(guidance) and negative_prompt is not None
+        if self.negative_claimed:
+            call = dataclasses.replace(call, negative_prompts=("",) * call.num_prompts)
         self.call = call
         self.guidance_rescale = _merged_rescale(self.combiner.guidance_rescale, guidance_rescale)
+        self.post_combine: tuple[PostCombine, ...] = (
+            (GuidanceRescale(self.guidance_rescale),) if self.guidance_rescale > 0 else ()
+        )
         self.steps = tuple(Step(i, len(timesteps), float(t)) for i, t in enumerate(timesteps))
         self._plan = tuple(self._checked(self.combiner.branches(call, step)) for step in self.steps)
+        self._patcher_texts = tuple(text for patcher in self.patchers for text in patcher.texts(call))
         self.conditions = ConditionTable(encode, given)
         self._batches: dict[tuple[Branch, ...], tuple[BatchLayout, Fields]] = {}
         self._states: list[PatchState] = []
@@ -134,9 +142,17 @@ class Guide:
         return any(text != "" for plan in self._plan for branch in plan if branch.name != COND for text in branch.texts)
 
     def prefetch(self, guided: bool) -> None:
-        """Encode every text the run will use, in one text-encoder call."""
+        """Encode every text the run will use, the patchers' own included, in one text-encoder call."""
         self.conditions.prefetch(
-            text for index in range(len(self.steps)) for branch in self.branches(index, guided) for text in branch.texts
+            [
+                *(
+                    text
+                    for index in range(len(self.steps))
+                    for branch in self.branches(index, guided)
+                    for text in branch.texts
+                ),
+                *self._patcher_texts,
+            ]
         )
 
     def batch(self, index: int, guided: bool, extra: Sequence[ExtraRow] = ()) -> tuple[BatchLayout, Fields]:
@@ -166,10 +182,11 @@ class Guide:
     def patch(self, model: torch.nn.Module, context: PatchContext | None = None) -> Iterator[Guide]:
         """Install every patcher on ``model`` for the duration of the block; always removed on exit.
 
-        ``context`` is what the pipeline lends its patchers (see `PatchContext`); none by default. Enter the
-        block before any network evaluation of the call, so that a patcher's errors cost nothing.
+        ``context`` is what the pipeline lends its patchers (see `PatchContext`); none by default. The core adds
+        the call's text conditions (`PatchContext.conditions`). Enter the block before any network evaluation of
+        the call, so that a patcher's errors cost nothing.
         """
-        context = context or PatchContext()
+        context = dataclasses.replace(context or PatchContext(), conditions=self.conditions.rows)
         with ExitStack() as stack:
             self._states = [stack.enter_context(patcher.patch(model, self.call, context)) for patcher in self.patchers]
             try:
@@ -199,8 +216,8 @@ class Guide:
         if not guided:
             return preds[COND]
         pred = self.combiner.combine(preds, self.call, step, guidance_scale)
-        if self.guidance_rescale > 0:
-            pred = F.rescale_noise_cfg(pred, preds[COND], self.guidance_rescale)
+        for post in self.post_combine:
+            pred = post(pred, preds, step)
         return pred
 
     def _forward(

@@ -111,11 +111,12 @@ def given_conditions(
 def patched(
     guide: Guide, model: torch.nn.Module, context: PatchContext, num_image_tokens: int | None = None
 ) -> Iterator[Guide]:
-    """`Guide.patch` on ``model``; for a transformer (``num_image_tokens`` given) the patchers' hooks see only the
-    image tokens of its attention outputs (`image_token_outputs`). Nothing is installed without patchers."""
+    """`Guide.patch` on ``model``; for a transformer (``num_image_tokens`` given) the hooks of patchers that ask for
+    it (`Patcher.image_tokens_only`) see only the image tokens of its attention outputs (`image_token_outputs`).
+    Nothing is installed without patchers."""
     with ExitStack() as stack:
         stack.enter_context(guide.patch(model, context))
-        if guide.patchers and num_image_tokens is not None:
+        if num_image_tokens is not None and any(patcher.image_tokens_only for patcher in guide.patchers):
             stack.enter_context(image_token_outputs(model, num_image_tokens))
         yield guide
 

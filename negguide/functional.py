@@ -207,3 +207,64 @@ def perp_neg(
     if weight_mode == "w":
         return (e_u + guidance_scale * d_p - push).to(cond.dtype)
     return (e_u + guidance_scale * (d_p - push)).to(cond.dtype)
+
+
+NAG_NORMS = ("l1", "l2")
+NAG_PROJECTIONS = (None, "perpendicular")
+
+
+def nag(
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    scale: float,
+    tau: float,
+    alpha: float,
+    norm: str = "l1",
+    projection: str | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    r"""Normalized attention guidance on attention outputs, per token (Chen et al., "Normalized Attention
+    Guidance: Universal Negative Guidance for Diffusion Models", arXiv 2505.21179, NeurIPS 2025).
+
+    With ``Z+`` the attention output under the prompt and ``Z-`` under the negative (same queries):
+    ``Zt = Z+ + (s - 1) * D`` with ``D = Z+ - Z-`` (the official ``s * Z+ - (s - 1) * Z-``, written so that
+    ``Z- == Z+`` gives ``Z+`` bit for bit); ``r = ||Zt|| / ||Z+||`` per token over the features; ``Zh = Zt *
+    min(r, tau) / r``; output ``Z+ + alpha * (Zh - Z+)`` (the official ``alpha * Zh + (1 - alpha) * Z+``).
+    With ``projection="perpendicular"``, ``D`` keeps only its part orthogonal to ``Z+`` (per token), the idea of
+    Perp-Neg (Armandpour et al., arXiv 2304.04968) moved into attention space: the negative cannot remove what
+    the prompt's own attention output holds.
+
+    The norms and the clipping are computed in fp32; ``||Z+||`` is floored at ``eps`` and a zero ``Zt`` is left
+    unclipped, so zeros never give NaN.
+
+    Args:
+        positive (`torch.Tensor`): ``Z+``, shape ``(..., tokens, features)``.
+        negative (`torch.Tensor`): ``Z-``, same shape.
+        scale (`float`): ``s >= 1`` (the paper's ``phi + 1``); 1 returns ``Z+`` unchanged.
+        tau (`float`): clipping threshold of the norm ratio, ``>= 1``.
+        alpha (`float`): blend in ``[0, 1]`` of the normalised guidance into ``Z+``.
+        norm (`str`, defaults to ``"l1"``): ``"l1"`` (the official UNet and SD3 code) or ``"l2"`` (its Flux code).
+        projection (`str`, *optional*): ``None`` (the paper) or ``"perpendicular"``.
+        eps (`float`, defaults to 1e-6): floor of ``||Z+||``.
+
+    Returns:
+        `torch.Tensor`: the guided attention output, ``positive``'s shape and dtype.
+    """
+    if norm not in NAG_NORMS:
+        raise ValueError(f"`norm` must be one of {NAG_NORMS}, got {norm!r}.")
+    if projection not in NAG_PROJECTIONS:
+        raise ValueError(f"`projection` must be one of {NAG_PROJECTIONS}, got {projection!r}.")
+    if scale == 1:
+        return positive
+    p = positive.float()
+    difference = p - negative.float()
+    if projection == "perpendicular":
+        along = (difference * p).sum(-1, keepdim=True) / (p * p).sum(-1, keepdim=True).clamp_min(eps)
+        difference = difference - along * p
+    guided = p + (scale - 1) * difference
+    order = 1 if norm == "l1" else 2
+    ratio = torch.linalg.vector_norm(guided, order, dim=-1, keepdim=True) / torch.linalg.vector_norm(
+        p, order, dim=-1, keepdim=True
+    ).clamp_min(eps)
+    clipped = guided * (tau / ratio.clamp_min(eps)).clamp_max(1.0)
+    return (p + alpha * (clipped - p)).to(positive.dtype)

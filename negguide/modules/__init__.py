@@ -9,12 +9,14 @@ from negguide.modules.base import (
     guidance_from_dict,
     register_guidance,
 )
+from negguide.modules.nag import NAG
 from negguide.modules.negatives import Negative, NegativePrompts
 from negguide.modules.negtome import NegToMe
 from negguide.modules.perpneg import PerpNeg
 from negguide.modules.resolve import resolve_guidance
 
 __all__ = [
+    "NAG",
     "Combiner",
     "GuidanceModule",
     "NegToMe",

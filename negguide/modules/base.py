@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 
-from negguide.branches import Branch, CallInfo, Step
+from negguide.branches import Branch, CallInfo, Step, TextKey
 from negguide.layout import BatchLayout, ExtraRow
 
 if TYPE_CHECKING:
@@ -108,11 +108,16 @@ class PatchContext:
         add_noise (*optional*): ``add_noise(latents, noise, step) -> noisy``: clean latents ``(N, ...)`` (rows as
             ``encode_image`` gives them) noised to ``step``'s timestep by the scheduler's forward process, on the
             scale of the step's latents.
+        conditions (*optional*): ``conditions(keys) -> fields``: the conditioning fields of text conditions, one
+            row per key, as the network takes them (``encoder_hidden_states``, pooled embeddings, ...). The core
+            sets it: the texts a patcher declares (`Patcher.texts`) are encoded with every other text of the
+            call, once, before the first network evaluation; ask for them from a hook, not while entering.
     """
 
     latent_shape: tuple[int, ...] | None = None
     encode_image: Callable[[PIL.Image.Image], torch.Tensor] | None = None
     add_noise: Callable[[torch.Tensor, torch.Tensor, Step], torch.Tensor] | None = None
+    conditions: Callable[[Sequence[TextKey]], dict[str, torch.Tensor]] | None = None
 
 
 class PatchState:
@@ -127,7 +132,19 @@ class PatchState:
 
 
 class Patcher(GuidanceModule):
-    """Changes the network while the denoising loop runs (token merging, attention guidance, ...)."""
+    """Changes the network while the denoising loop runs (token merging, attention guidance, ...).
+
+    ``image_tokens_only`` says what the forward hooks a patcher puts on a transformer's attention modules see:
+    ``True`` (the default), only the image tokens of their outputs (`negguide.image_tokens`); ``False``, the
+    attention modules as they are, text stream included, for patchers that work on the text stream themselves.
+    """
+
+    image_tokens_only: ClassVar[bool] = True
+
+    def texts(self, call: CallInfo) -> tuple[TextKey, ...]:
+        """Text conditions the patcher needs encoded (its own negatives, say); the core encodes them with the
+        call's other texts and lends them through `PatchContext.conditions`. Default: none."""
+        return ()
 
     @abstractmethod
     def patch(

@@ -11,6 +11,7 @@ from negguide import functional as F
 from negguide.branches import COND, UNCOND, Branch, CallInfo, Step, negative_branch
 from negguide.checks import finite_float, unit_interval
 from negguide.modules.base import Combiner, dataclass_kwargs, register_guidance
+from negguide.window import Window
 
 
 @dataclass(frozen=True)
@@ -48,20 +49,14 @@ class Negative:
                 f"`Negative.weight` must be > 0, got {weight}: use a smaller weight for a weaker negative, or leave "
                 "the negative out."
             )
-        start = unit_interval(self.start, "Negative.start")
-        stop = unit_interval(self.stop, "Negative.stop")
-        if start >= stop:
-            raise ValueError(
-                f"`Negative.start` ({start}) must be smaller than `Negative.stop` ({stop}): the window [start, stop) "
-                "is in fractions of the run, e.g. start=0.2, stop=1.0."
-            )
+        window = Window(self.start, self.stop, "Negative.")
         object.__setattr__(self, "weight", weight)
-        object.__setattr__(self, "start", start)
-        object.__setattr__(self, "stop", stop)
+        object.__setattr__(self, "start", window.start)
+        object.__setattr__(self, "stop", window.stop)
 
     def is_active(self, step: Step) -> bool:
         """Whether the negative acts at ``step``."""
-        return self.start <= step.fraction < self.stop
+        return Window(self.start, self.stop).contains(step)
 
 
 @register_guidance("negative_prompts")

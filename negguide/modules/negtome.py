@@ -25,6 +25,7 @@ from negguide.images import DATA_URI_PREFIX, ImageLike, binary_mask, image_to_js
 from negguide.layout import BatchLayout, ExtraRow
 from negguide.modules.base import PatchContext, Patcher, PatchState, register_guidance
 from negguide.token_merging import negtome_merge
+from negguide.window import Window
 
 MODES = ("batch", "reference")
 ANCHORS = ("first", "nearest")
@@ -102,9 +103,7 @@ class NegToMe(Patcher):
             raise ValueError(
                 f"`threshold` is a cosine similarity and must lie in [-1, 1], got {threshold}; 1 merges nothing."
             )
-        start, stop = unit_interval(self.start, "start"), unit_interval(self.stop, "stop")
-        if start >= stop:
-            raise ValueError(f"`start` ({start}) must be smaller than `stop` ({stop}), e.g. start=0.0, stop=0.2.")
+        window = Window(self.start, self.stop)
         min_scale = unit_interval(self.min_scale, "min_scale")
         if min_scale == 0:
             raise ValueError("`min_scale` must be > 0: it is the smallest token grid side, as a share of the latent's.")
@@ -118,8 +117,8 @@ class NegToMe(Patcher):
             raise ValueError(f"`seed` must be a non-negative int, got {self.seed!r}.")
         object.__setattr__(self, "alpha", alpha)
         object.__setattr__(self, "threshold", threshold)
-        object.__setattr__(self, "start", start)
-        object.__setattr__(self, "stop", stop)
+        object.__setattr__(self, "start", window.start)
+        object.__setattr__(self, "stop", window.stop)
         object.__setattr__(self, "min_scale", min_scale)
         self._set_images()
 
@@ -162,7 +161,7 @@ class NegToMe(Patcher):
 
     def is_active(self, step: Step) -> bool:
         """Whether tokens are merged at ``step``."""
-        return self.start <= step.fraction < self.stop
+        return Window(self.start, self.stop).contains(step)
 
     @contextmanager
     def patch(self, model: torch.nn.Module, call: CallInfo, context: PatchContext) -> Iterator[PatchState]:

@@ -33,6 +33,19 @@ def resolve_guidance(
     return (combiners[0] if combiners else NegativePrompts()), patchers
 
 
+def patcher_claims_negative_prompt(guidance: GuidanceArg) -> bool:
+    """Whether the call's ``negative_prompt`` belongs to a patcher rather than to the combiner: ``guidance``
+    names a patcher that builds itself from it (``guidance="nag"``) and holds no combiner. The default combiner
+    then keeps the empty prompt as its baseline, so that the negative acts once, where the user asked."""
+    items = list(guidance) if isinstance(guidance, (list, tuple)) else [] if guidance is None else [guidance]
+    classes = [registered(item, "guidance") if isinstance(item, str) else type(item) for item in items]
+    if any(issubclass(cls, Combiner) for cls in classes):
+        return False
+    return any(
+        isinstance(item, str) and getattr(cls, "claims_negative_prompt", False) for item, cls in zip(items, classes)
+    )
+
+
 def _module(item: object, negative_prompt: str | list[str] | None) -> GuidanceModule:
     if isinstance(item, str):
         return registered(item, "guidance").from_negative_prompt(negative_prompt)

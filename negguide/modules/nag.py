@@ -1,0 +1,283 @@
+"""NAG, normalized attention guidance: negatives that act inside attention, at one network evaluation per step
+(Chen et al., arXiv 2505.21179, NeurIPS 2025)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from negguide import functional as F
+from negguide.branches import COND, CallInfo, Step, TextKey
+from negguide.checks import finite_float, unit_interval
+from negguide.layout import BatchLayout
+from negguide.modules.base import PatchContext, Patcher, PatchState, register_guidance
+from negguide.modules.negatives import Negative, as_negatives
+from negguide.window import Window
+
+
+@dataclass(frozen=True)
+class NAGDefaults:
+    """The official settings of one family of denoisers: ``scale``, ``alpha`` and the attention layers patched
+    (a regular expression searched in the module names)."""
+
+    scale: float
+    alpha: float
+    layers: str
+
+
+UNET_DEFAULTS = NAGDefaults(scale=3.0, alpha=0.5, layers=r"\.attn2$")
+"""UNets (SD 1.x/2.x, SDXL): cross-attention only; the paper's SDXL phi = 2 (scale 3) and alpha 0.5."""
+
+FAMILY_DEFAULTS: dict[str, NAGDefaults] = {"UNet2DConditionModel": UNET_DEFAULTS}
+"""Defaults by the denoiser's class name."""
+
+
+@register_guidance("nag")
+@dataclass(frozen=True)
+class NAG(Patcher):
+    r"""Normalized attention guidance (Chen et al., "Normalized Attention Guidance: Universal Negative Guidance
+    for Diffusion Models", arXiv 2505.21179, NeurIPS 2025).
+
+    In the chosen attention layers the image queries attend twice: to the prompt's text (``Z+``) and to the
+    negative's (``Z-``); the output projection then receives `negguide.functional.nag` of the two, per token:
+    the extrapolation ``Z+ + (s - 1) (Z+ - Z-)`` with its norm ratio to ``Z+`` clipped at ``tau``, blended into
+    ``Z+`` with ``alpha``. It needs no second network evaluation, so it gives negatives to guidance-distilled
+    models (one evaluation per step, no unconditional branch) at ``guidance_scale=1``, and adds to any combiner
+    (standard negatives, Perp-Neg) and to NegToMe. It acts on the rows of the ``cond`` branch, the prompt's.
+
+    The negative's keys and values come from its own text, encoded with the call's other texts once per call;
+    the image rows are not duplicated in the network, only inside the patched attention layers. Several
+    negatives each give a ``Z-``; their mean weighted by ``Negative.weight`` is the one ``Z-`` (one attention call
+    per negative in each patched layer). A negative acts at the steps both its own window and the module's hold.
+
+    Args:
+        negatives (`Sequence[Negative | str]`): the negative texts (one per prompt where a `Negative` holds a
+            list); ``guidance="nag"`` takes the call's ``negative_prompt``.
+        scale (`float`, *optional*): ``s >= 1`` (the paper's ``phi + 1``); 1 changes nothing. The family's default
+            when left out (3 for UNets, the paper's SDXL setting).
+        tau (`float`, defaults to 2.5): clipping threshold of the norm ratio, ``>= 1``.
+        alpha (`float`, *optional*): blend in ``[0, 1]``; the family's default when left out (0.5 for UNets).
+        start (`float`, defaults to 0.0), stop (`float`, defaults to 1.0): the module's window, fractions of the
+            run (`negguide.window.Window`); the paper keeps most of the effect acting in the first quarter only.
+        layers (`str`, *optional*): regular expression searched in the denoiser's module names; the matching
+            attention modules are patched. The family's default when left out (UNets: every ``attn2``).
+        norm (`str`, defaults to ``"l1"``): ``"l1"`` (the official UNet code) or ``"l2"`` (its Flux code).
+        projection (`str`, *optional*): ``None`` (the paper) or ``"perpendicular"``: only the part of ``Z+ - Z-``
+            orthogonal to ``Z+`` acts, per token.
+    """
+
+    negatives: tuple[Negative, ...] = ()
+    scale: float | None = None
+    tau: float = 2.5
+    alpha: float | None = None
+    start: float = 0.0
+    stop: float = 1.0
+    layers: str | None = None
+    norm: str = "l1"
+    projection: str | None = None
+
+    claims_negative_prompt: ClassVar[bool] = True
+    image_tokens_only: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        negatives = as_negatives(self.negatives, type(self).__name__)
+        if not negatives:
+            raise ValueError("NAG needs a negative: NAG(['blurry']), or guidance='nag' with a `negative_prompt`.")
+        object.__setattr__(self, "negatives", negatives)
+        if self.scale is not None:
+            scale = finite_float(self.scale, "scale")
+            if scale < 1:
+                raise ValueError(f"`scale` must be >= 1, got {scale}: 1 changes nothing, larger pushes further away.")
+            object.__setattr__(self, "scale", scale)
+        tau = finite_float(self.tau, "tau")
+        if tau < 1:
+            raise ValueError(f"`tau` must be >= 1, got {tau}: it caps how far the norm may grow (2.5 in the paper).")
+        object.__setattr__(self, "tau", tau)
+        if self.alpha is not None:
+            object.__setattr__(self, "alpha", unit_interval(self.alpha, "alpha"))
+        window = Window(self.start, self.stop)
+        object.__setattr__(self, "start", window.start)
+        object.__setattr__(self, "stop", window.stop)
+        if self.layers is not None:
+            if not isinstance(self.layers, str):
+                raise TypeError(f"`layers` must be a regular expression string, got {type(self.layers).__name__}.")
+            try:
+                re.compile(self.layers)
+            except re.error as error:
+                raise ValueError(f"`layers` is not a valid regular expression: {error}.") from None
+        if self.norm not in F.NAG_NORMS:
+            raise ValueError(f"`norm` must be one of {F.NAG_NORMS}, got {self.norm!r}.")
+        if self.projection not in F.NAG_PROJECTIONS:
+            raise ValueError(f"`projection` must be None or 'perpendicular', got {self.projection!r}.")
+
+    @classmethod
+    def from_negative_prompt(cls, negative_prompt: str | list[str] | None) -> NAG:
+        """``guidance="nag"``: the call's ``negative_prompt`` as the one negative."""
+        texts = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt or [])
+        if not any(texts):
+            raise ValueError("guidance='nag' takes its negative from `negative_prompt`, which is empty: give one.")
+        return cls([Negative(negative_prompt)])
+
+    def defaults(self, model: torch.nn.Module) -> NAGDefaults:
+        """The settings this module uses on ``model``: its own where given, the family's elsewhere."""
+        family = FAMILY_DEFAULTS.get(type(model).__name__)
+        if family is None:
+            raise ValueError(f"NAG supports the denoisers {sorted(FAMILY_DEFAULTS)}, not {type(model).__name__}.")
+        return NAGDefaults(
+            scale=family.scale if self.scale is None else self.scale,
+            alpha=family.alpha if self.alpha is None else self.alpha,
+            layers=family.layers if self.layers is None else self.layers,
+        )
+
+    def texts(self, call: CallInfo) -> tuple[TextKey, ...]:
+        return tuple(text for negative in self._texts(call) for text in negative)
+
+    def _texts(self, call: CallInfo) -> list[tuple[str, ...]]:
+        return [call.per_prompt(n.text, f"negatives[{i}].text") for i, n in enumerate(self.negatives)]
+
+    def active(self, step: Step) -> list[int]:
+        """The negatives that act at ``step``."""
+        if not Window(self.start, self.stop).contains(step):
+            return []
+        return [i for i, negative in enumerate(self.negatives) if negative.is_active(step)]
+
+    @contextmanager
+    def patch(self, model: torch.nn.Module, call: CallInfo, context: PatchContext) -> Iterator[PatchState]:
+        settings = self.defaults(model)
+        layers = select_cross_attention(model, settings.layers)
+        state = NAGState(self, settings, self._texts(call), context)
+        handles = []
+        try:
+            for name, attention in layers.items():
+                handles.append(attention.register_forward_pre_hook(state.extend, with_kwargs=True))
+                handles.append(attention.to_out[0].register_forward_pre_hook(functools.partial(state.guide, attention)))
+                handles.append(attention.register_forward_hook(functools.partial(state.check_done, name)))
+            yield state
+        finally:
+            for handle in handles:
+                handle.remove()
+            state.pending.clear()
+
+
+def select_cross_attention(model: torch.nn.Module, layers: str) -> dict[str, torch.nn.Module]:
+    """The cross-attention modules of a UNet whose names match ``layers``; ValueError when none does or when a
+    match is not a cross-attention layer NAG can patch."""
+    from diffusers.models.attention_processor import Attention
+
+    pattern = re.compile(layers)
+    found = {name: module for name, module in model.named_modules() if pattern.search(name)}
+    selected = {name: module for name, module in found.items() if isinstance(module, Attention)}
+    if not selected:
+        raise ValueError(
+            f"NAG: `layers` pattern {layers!r} matches no attention module of {type(model).__name__}; UNet "
+            "cross-attention modules are named like 'up_blocks.1.attentions.0.transformer_blocks.0.attn2'."
+        )
+    for name, module in selected.items():
+        if not module.is_cross_attention or module.residual_connection:
+            raise ValueError(
+                f"NAG: layer {name!r} is not a cross-attention layer (image queries, text keys and values); "
+                "choose `layers` among the 'attn2' modules."
+            )
+    return selected
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One forward's NAG work: the ``cond`` rows (``targets``), the negatives' text rows for them
+    (``contexts``, negative-major: ``(k * T, tokens, features)``) and the negatives' weights."""
+
+    targets: torch.Tensor  # (T,)
+    contexts: torch.Tensor  # (k * T, L, D)
+    weights: tuple[float, ...]
+    num_rows: int
+
+
+class NAGState(PatchState):
+    """One call of `NAG`: the plan of the forward about to run, and the layers between their two hooks."""
+
+    def __init__(
+        self, module: NAG, settings: NAGDefaults, texts: Sequence[tuple[str, ...]], context: PatchContext
+    ) -> None:
+        if context.conditions is None:
+            raise ValueError("NAG needs a pipeline whose core lends it the encoded texts (PatchContext.conditions).")
+        self.module = module
+        self.settings = settings
+        self.texts = texts
+        self.conditions = context.conditions
+        self.pending: dict[torch.nn.Module, _Plan] = {}
+        self._plan: _Plan | None = None
+        self._plans: dict[tuple[BatchLayout, tuple[int, ...]], _Plan | None] = {}
+
+    def before_forward(self, step: Step, layout: BatchLayout) -> None:
+        active = tuple(self.module.active(step)) if self.settings.scale != 1 else ()
+        if not active:
+            self._plan = None
+            return
+        key = (layout, active)
+        if key not in self._plans:
+            self._plans[key] = self._plan_for(layout, active)
+        self._plan = self._plans[key]
+
+    def _plan_for(self, layout: BatchLayout, active: tuple[int, ...]) -> _Plan | None:
+        targets = [index for index, row in enumerate(layout.rows) if row.branch == COND]
+        if not targets:
+            return None
+        keys = [self.texts[i][layout.rows[t].prompt] for i in active for t in targets]
+        contexts = self.conditions(keys)["encoder_hidden_states"]
+        weights = tuple(self.module.negatives[i].weight for i in active)
+        device = contexts.device
+        return _Plan(torch.tensor(targets, device=device), contexts, weights, len(layout))
+
+    def extend(self, attention: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
+        """Forward pre-hook of a patched layer: add, per negative, the ``cond`` rows' image queries with the
+        negative's text as keys and values."""
+        plan = self._plan
+        if plan is None:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        context = kwargs.get("encoder_hidden_states")
+        if not isinstance(context, torch.Tensor) or len(hidden) != plan.num_rows:
+            raise ValueError(
+                "NAG: a patched layer was called without text keys and values for every row (IP-Adapter inputs "
+                "and attention masks are not supported with NAG)."
+            )
+        if kwargs.get("attention_mask") is not None:
+            raise ValueError("NAG: attention masks are not supported in the patched layers.")
+        repeats = len(plan.weights)
+        hidden = torch.cat([hidden, hidden[plan.targets].repeat(repeats, *[1] * (hidden.ndim - 1))])
+        kwargs = {**kwargs, "encoder_hidden_states": torch.cat([context, plan.contexts.to(context.dtype)])}
+        if args:
+            args = (hidden, *args[1:])
+        else:
+            kwargs["hidden_states"] = hidden
+        self.pending[attention] = plan
+        return args, kwargs
+
+    def guide(self, attention: torch.nn.Module, projection: torch.nn.Module, args: tuple) -> tuple | None:
+        """Forward pre-hook of a patched layer's output projection: the ``cond`` rows' attention output guided
+        away from the negatives' (`negguide.functional.nag`); the added rows dropped."""
+        plan = self.pending.pop(attention, None)
+        if plan is None:
+            return None
+        outputs = args[0]  # (N + k * T, tokens, features)
+        rows, negatives = outputs[: plan.num_rows], outputs[plan.num_rows :]
+        negative = F.weighted_mean(list(negatives.chunk(len(plan.weights))), plan.weights)
+        module, settings = self.module, self.settings
+        guided = F.nag(
+            rows[plan.targets], negative, settings.scale, module.tau, settings.alpha, module.norm, module.projection
+        )
+        return (rows.index_copy(0, plan.targets, guided), *args[1:])
+
+    def check_done(self, name: str, attention: torch.nn.Module, args: tuple, output: Any) -> None:
+        """Forward hook of a patched layer: its output projection must have run (and dropped the added rows)."""
+        if self.pending.pop(attention, None) is not None:
+            raise ValueError(
+                f"NAG: layer {name!r} did not pass its attention output through `to_out[0]`; its attention "
+                "processor is not one NAG can patch."
+            )
