@@ -141,6 +141,13 @@ class Guide:
         when there is something to push away from (Flux's true CFG) read this."""
         return any(text != "" for plan in self._plan for branch in plan if branch.name != COND for text in branch.texts)
 
+    def has_negative(self, negative_prompt: object, negative_prompt_embeds: object) -> bool:
+        """Whether the combiner has something to guide away from: the call's ``negative_prompt`` (even ``""``) or
+        ``negative_prompt_embeds`` unless a patcher took the negative (`patcher_claims_negative_prompt`), or any
+        negative text of its own (`has_negatives`). Guidance-distilled families run true CFG only then."""
+        given = negative_prompt is not None or negative_prompt_embeds is not None
+        return (given and not self.negative_claimed) or self.has_negatives
+
     def prefetch(self, guided: bool) -> None:
         """Encode every text the run will use, the patchers' own included, in one text-encoder call."""
         self.conditions.prefetch(

@@ -132,7 +132,7 @@ def denoising_loop(
     guidance: Callable[[], tuple[float, bool]],
     callback: Callback | None,
     callback_names: Sequence[str],
-    callback_tensors: Callable[[torch.Tensor, Fields], dict[str, torch.Tensor]],
+    callback_tensors: Callable[[torch.Tensor, Fields, Fields | None], dict[str, torch.Tensor | None]],
     step_kwargs: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
     """Run the scheduler over ``timesteps`` with the guide's prediction at every step; the final latents.
@@ -147,8 +147,9 @@ def denoising_loop(
         denoiser: ``denoiser(t)``: the family's network at timestep ``t`` (see `negguide.core`).
         guidance: ``guidance() -> (scale, guided)``, read at every step (callbacks may change the scale).
         callback, callback_names: diffusers' ``callback_on_step_end`` and the tensors it asks for.
-        callback_tensors: ``callback_tensors(latents, fields)``: every tensor a callback may ask for, given the
-            latents and the conditioning fields of the step's whole batch.
+        callback_tensors: ``callback_tensors(latents, fields, others)``: every tensor a callback may ask for, given
+            the latents, the conditioning fields of the step's whole batch and those of its rows other than the
+            prompt's (``None`` without guidance; see `Guide.callback_fields`).
         step_kwargs: extra arguments of ``scheduler.step``.
     """
     num_warmup_steps = max(len(timesteps) - num_inference_steps * pipe.scheduler.order, 0)
@@ -162,13 +163,27 @@ def denoising_loop(
             prediction = guide.predict(i, latents, denoiser(t), scale, guided)
             latents = pipe.scheduler.step(prediction, t, latents, **(step_kwargs or {}), return_dict=False)[0]
             if callback is not None:
-                available = callback_tensors(latents, guide.callback_fields(i, guided)[0])
+                available = callback_tensors(latents, *guide.callback_fields(i, guided))
                 latents = callback(pipe, i, t, {name: available[name] for name in callback_names}).pop(
                     "latents", latents
                 )
             if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % pipe.scheduler.order == 0):
                 progress_bar.update()
     return latents
+
+
+def true_cfg(negative: bool, true_cfg_scale: float) -> bool:
+    """Whether a guidance-distilled model runs true classifier-free guidance: ``true_cfg_scale > 1`` and something
+    ``negative`` (the stock Flux pipeline's rule). A negative with ``true_cfg_scale <= 1`` is a ValueError: such a
+    model has no unconditional branch of its own, and the stock pipelines ignore the negative silently."""
+    if negative and true_cfg_scale <= 1:
+        raise ValueError(
+            f"`true_cfg_scale` is {true_cfg_scale}, so the negative prompt would be ignored: a guidance-distilled model "
+            "applies negatives through true classifier-free guidance, which runs only with `true_cfg_scale` > 1 (a "
+            "second evaluation per step). Set e.g. true_cfg_scale=4.0, use guidance='nag' (negatives inside "
+            "attention, one evaluation per step), or leave the negative out."
+        )
+    return true_cfg_scale > 1 and negative
 
 
 def flow_shift(pipe: DiffusionPipeline, image_seq_len: int, default_max_shift: float) -> float:

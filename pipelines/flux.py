@@ -29,6 +29,7 @@ from negguide.family import (
     flow_shift,
     given_conditions,
     patched,
+    true_cfg,
 )
 from negguide.modules.resolve import GuidanceArg
 
@@ -162,8 +163,7 @@ class FluxNegGuidePipeline(FluxPipeline):
             given=given,
             negative_prompt=negative_prompt,
         )
-        negative = negative_prompt is not None or negative_prompt_embeds is not None or guide.has_negatives
-        guided = _true_cfg(negative, true_cfg_scale)
+        guided = true_cfg(guide.has_negative(negative_prompt, negative_prompt_embeds), true_cfg_scale)
         embedded = None
         if self.transformer.config.guidance_embeds:
             embedded = torch.full([1], guidance_scale, device=device, dtype=torch.float32)
@@ -190,7 +190,7 @@ class FluxNegGuidePipeline(FluxPipeline):
                 guidance=lambda: (true_cfg_scale, guided),
                 callback=callback_on_step_end,
                 callback_names=callback_names,
-                callback_tensors=lambda latents, fields: {
+                callback_tensors=lambda latents, fields, _: {
                     "latents": latents,
                     "prompt_embeds": fields["encoder_hidden_states"],
                 },
@@ -240,13 +240,3 @@ class FluxNegGuidePipeline(FluxPipeline):
 
         return at
 
-
-def _true_cfg(negative: bool, true_cfg_scale: float) -> bool:
-    """Whether the call runs true classifier-free guidance: ``true_cfg_scale > 1`` and something ``negative``."""
-    if negative and true_cfg_scale <= 1:
-        raise ValueError(
-            f"`true_cfg_scale` is {true_cfg_scale}, so the negative prompt would be ignored: Flux applies negatives "
-            "through true classifier-free guidance, which runs only with `true_cfg_scale` > 1. Set e.g. "
-            "true_cfg_scale=4.0, or leave the negative out."
-        )
-    return true_cfg_scale > 1 and negative

@@ -15,12 +15,12 @@ from typing import Any
 import PIL.Image
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 
 from negguide.branches import CallInfo, Step, TextKey
 from negguide.core import Fields, Guide, embeds_conditions
+from negguide.family import Callback, callback_inputs, denoising_loop, patched, true_cfg
 from negguide.modules.base import PatchContext
 from negguide.modules.resolve import GuidanceArg
 
@@ -54,17 +54,25 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
         cross_attention_kwargs: dict[str, Any] | None = None,
         guidance_rescale: float = 0.0,
         clip_skip: int | None = None,
-        callback_on_step_end: Callable[..., dict] | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end: Callback | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        true_cfg_scale: float = 1.0,
         guidance: GuidanceArg = None,
     ) -> StableDiffusionPipelineOutput | tuple:
         r"""Generate images; the arguments are diffusers' `StableDiffusionPipeline.__call__` arguments, plus:
 
         Args:
+            true_cfg_scale (`float`, defaults to 1.0):
+                For guidance-distilled UNets only (a config with ``time_cond_proj_dim``, such as LCM students or
+                ``"shapes-world-distilled"``): the scale of true classifier-free guidance, which negatives need on
+                such a model. ``guidance_scale`` stays the network's own, embedded, scale (one evaluation per step);
+                with ``true_cfg_scale > 1`` and a negative, every step also evaluates the negative branches and the
+                combiner mixes them with this scale. A negative with ``true_cfg_scale <= 1`` raises a ValueError
+                instead of being ignored, unless a patcher such as `NAG` takes it (``guidance="nag"``).
             guidance (`GuidanceModule`, `str`, or a list of them, *optional*):
                 How negatives act: a combiner such as ``NegativePrompts([Negative("blurry", start=0.2)])``,
-                any number of patchers, or a registry name (``"negative_prompts"``) that builds the module from
-                ``negative_prompt``. ``None`` is diffusers' standard guidance, output for output.
+                any number of patchers, or a registry name (``"negative_prompts"``, ``"nag"``) that builds the
+                module from ``negative_prompt``. ``None`` is diffusers' standard guidance, output for output.
 
         Differences from the stock pipeline:
 
@@ -73,15 +81,13 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
         * ``prompt_embeds`` in ``callback_on_step_end`` holds the text rows of the step's batch, in batch
           order, as in diffusers; embeddings a callback returns are not used (each step's batch is rebuilt
           from its branches), while ``latents`` and ``pipe._guidance_scale`` changes are honoured;
+        * on a guidance-distilled UNet a negative is refused without ``true_cfg_scale`` (stock ignores it);
         * IP-Adapter inputs are not supported.
 
         Returns:
             `StableDiffusionPipelineOutput` or ``(images, nsfw_content_detected)``.
         """
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        callback_on_step_end_tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
-
+        callback_names = callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         if not height or not width:
             sample_size = self.unet.config.sample_size
             size = (sample_size, sample_size) if self._is_unet_config_sample_size_int else tuple(sample_size)
@@ -90,14 +96,18 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
             prompt,
             height,
             width,
-            None,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            None,
-            None,
-            callback_on_step_end_tensor_inputs,
+            callback_steps=None,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            callback_on_step_end_tensor_inputs=callback_names,
         )
+        distilled = self.unet.config.time_cond_proj_dim is not None
+        if not distilled and true_cfg_scale != 1.0:
+            raise ValueError(
+                f"`true_cfg_scale` ({true_cfg_scale}) is for guidance-distilled UNets (with `time_cond_proj_dim`); "
+                "this UNet runs classifier-free guidance itself: set `guidance_scale` instead."
+            )
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
         self._clip_skip = clip_skip
@@ -119,35 +129,41 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
             negative_prompt=negative_prompt,
             guidance_rescale=guidance_rescale,
         )
+        if distilled:
+            guided = true_cfg(guide.has_negative(negative_prompt, negative_prompt_embeds), true_cfg_scale)
+            guidance_now = lambda: (true_cfg_scale, guided)
+        else:
+            guidance_now = lambda: (self.guidance_scale, self.do_classifier_free_guidance)
 
         latents = self.prepare_latents(
             call.num_images, self.unet.config.in_channels, height, width, dtype, device, generator, latents
         )
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         timestep_cond = None
-        if self.unet.config.time_cond_proj_dim is not None:
+        if distilled:
             timestep_cond = self.get_guidance_scale_embedding(
                 torch.tensor([self.guidance_scale - 1]), embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
 
-        num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
-        self._num_timesteps = len(timesteps)
         context = self._patch_context(latents.shape[1:], height, width, timesteps)
-        with guide.patch(self.unet, context), self.progress_bar(total=num_inference_steps) as progress_bar:
-            guide.prefetch(self.do_classifier_free_guidance)
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                guided = self.do_classifier_free_guidance
-                noise_pred = guide.predict(i, latents, self._denoiser(t, timestep_cond), self.guidance_scale, guided)
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
-
-                if callback_on_step_end is not None:
-                    tensors = self._callback_tensors(callback_on_step_end_tensor_inputs, latents, guide, i, guided)
-                    latents = callback_on_step_end(self, i, t, tensors).pop("latents", latents)
-
-                if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
-                    progress_bar.update()
+        with patched(guide, self.unet, context):
+            latents = denoising_loop(
+                self,
+                guide,
+                latents,
+                timesteps,
+                num_inference_steps,
+                denoiser=lambda t: self._denoiser(t, timestep_cond),
+                guidance=guidance_now,
+                callback=callback_on_step_end,
+                callback_names=callback_names,
+                callback_tensors=lambda latents, fields, others: {
+                    "latents": latents,
+                    "prompt_embeds": fields["encoder_hidden_states"],
+                    "negative_prompt_embeds": None if others is None else others["encoder_hidden_states"],
+                },
+                step_kwargs=extra_step_kwargs,
+            )
 
         if output_type == "latent":
             image, has_nsfw_concept = latents, None
@@ -217,14 +233,3 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
             )[0]
 
         return denoise
-
-    def _callback_tensors(
-        self, names: list[str], latents: torch.Tensor, guide: Guide, index: int, guided: bool
-    ) -> dict[str, torch.Tensor | None]:
-        fields, others = guide.callback_fields(index, guided)
-        available = {
-            "latents": latents,
-            "prompt_embeds": fields["encoder_hidden_states"],
-            "negative_prompt_embeds": None if others is None else others["encoder_hidden_states"],
-        }
-        return {name: available[name] for name in names}

@@ -194,7 +194,7 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
                 guidance=lambda: (self.guidance_scale, self.do_classifier_free_guidance),
                 callback=callback_on_step_end,
                 callback_names=callback_names,
-                callback_tensors=lambda latents, fields: {
+                callback_tensors=lambda latents, fields, _: {
                     "latents": latents,
                     "prompt_embeds": fields["encoder_hidden_states"],
                     "add_text_embeds": fields["text_embeds"],
