@@ -10,6 +10,9 @@ import torch
 from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
 
 EMBEDDED_MODEL_NAME = "shapes-world"
+DISTILLED_MODEL_NAME = "shapes-world-distilled"
+"""The embedded model distilled into one evaluation per guided step (`negguide.shapes.distill`): its UNet takes
+the guidance scale as an embedding; the VAE, text encoder and tokenizer are the shapes-world model's."""
 DEFAULT_GUIDANCE_SCALE = 7.5
 """The classifier-free guidance scale of diffusers' Stable Diffusion pipelines, the default for any model but
 the embedded one."""
@@ -28,9 +31,20 @@ def embedded_model_path() -> Path:
     return path
 
 
+def distilled_unet_path() -> Path:
+    """The folder of the guidance-distilled shapes-world UNet shipped inside the package."""
+    path = Path(str(resources.files("negguide.shapes") / "distilled" / "unet"))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the embedded {DISTILLED_MODEL_NAME} UNet is missing from {path}; reinstall negguide or distil it with "
+            "`python -m negguide.shapes.distill`")
+    return path
+
+
 def is_embedded_model(model: str | os.PathLike | None) -> bool:
-    """Whether ``model`` names the embedded shapes-world model: ``None``, `EMBEDDED_MODEL_NAME`, or its folder."""
-    if model is None or model == EMBEDDED_MODEL_NAME:
+    """Whether ``model`` names an embedded shapes-world model: ``None``, `EMBEDDED_MODEL_NAME`,
+    `DISTILLED_MODEL_NAME`, or the shapes-world folder."""
+    if model is None or model in (EMBEDDED_MODEL_NAME, DISTILLED_MODEL_NAME):
         return True
     try:
         return Path(model).resolve() == embedded_model_path().resolve()
@@ -77,14 +91,17 @@ def load_pipeline(model: str | os.PathLike | None = None, *, device: str | torch
 
     Args:
         model (`str` or `os.PathLike`, *optional*): a local diffusers folder or a hub id. ``None`` (the
-            default) loads the embedded shapes-world model, offline.
+            default) or ``"shapes-world"`` loads the embedded shapes-world model, ``"shapes-world-distilled"`` its
+            guidance-distilled student, both offline.
         device (`str` or `torch.device`, *optional*): where to put it; CUDA when available, else CPU.
         torch_dtype (`torch.dtype`, *optional*): by default float32 on the CPU; on CUDA float16 for SD and SDXL,
             bfloat16 for SD3 and Flux.
         kwargs: passed on to ``from_pretrained`` (``variant``, ``revision``, ``cache_dir``, ...).
     """
     device = torch.device(device or default_device())
-    if model is None:
+    if model == DISTILLED_MODEL_NAME:
+        return _load_distilled(device, torch_dtype, **kwargs)
+    if model is None or model == EMBEDDED_MODEL_NAME:
         model = embedded_model_path()
     elif isinstance(model, (str, os.PathLike)):
         path = Path(model)
@@ -94,4 +111,16 @@ def load_pipeline(model: str | os.PathLike | None = None, *, device: str | torch
         raise TypeError(f"model must be a folder path, a hub id or None, got {type(model).__name__}")
     cls = pipeline_class_for(model)
     pipe = cls.from_pretrained(model, torch_dtype=torch_dtype or default_dtype(cls, device), **kwargs)
+    return pipe.to(device)
+
+
+def _load_distilled(device: torch.device, torch_dtype: torch.dtype | None, **kwargs) -> DiffusionPipeline:
+    """The distilled shapes-world model: its own UNet beside the shapes-world model's other components."""
+    from diffusers import UNet2DConditionModel
+
+    from negguide.pipelines import StableDiffusionNegGuidePipeline
+
+    dtype = torch_dtype or default_dtype(StableDiffusionNegGuidePipeline, device)
+    unet = UNet2DConditionModel.from_pretrained(distilled_unet_path(), torch_dtype=dtype)
+    pipe = StableDiffusionNegGuidePipeline.from_pretrained(embedded_model_path(), unet=unet, torch_dtype=dtype, **kwargs)
     return pipe.to(device)

@@ -136,6 +136,9 @@ class NAG(Patcher):
         )
 
     def texts(self, call: CallInfo) -> tuple[TextKey, ...]:
+        """The negatives' texts, per prompt; none at ``scale=1``, where the module changes nothing."""
+        if self.scale == 1:
+            return ()
         return tuple(text for negative in self._texts(call) for text in negative)
 
     def _texts(self, call: CallInfo) -> list[tuple[str, ...]]:
