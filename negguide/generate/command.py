@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 
 from accelerate import PartialState
+from diffusers import DiffusionPipeline
 
 from negguide.errors import InputError
 from negguide.generate.model import load_model, read_model
 from negguide.generate.options import CONFIG_KEYS, Options, resolve_options
-from negguide.generate.plan import Batch, Job, batches, expand
+from negguide.generate.plan import Batch, Job, Plan, expand_groups
 from negguide.generate.prompts import Problem, read_items
+from negguide.generate.quiet import library_output
 from negguide.generate.runner import (
     finish,
     finished,
@@ -24,6 +27,7 @@ from negguide.generate.runner import (
     run_batches,
     save_image,
 )
+from negguide.generate.tokens import long_prompts, token_limit
 from negguide.metadata import read_png_metadata
 
 FROM_IMAGE_CONFLICTS = (
@@ -42,19 +46,26 @@ FROM_IMAGE_CONFLICTS = (
     "dry_run",
 )
 MAX_LISTED_PROBLEMS = 20
+MAX_LISTED_IMAGES = 100
+"""Images a dry run lists one by one; the counts cover them all."""
 EXAMPLES = """\
 examples:
   negguide generate examples/prompts.txt --out out/
   negguide generate prompts.csv --out out/ --method negative_prompts --method perpneg --seeds 0-3
   negguide generate prompts.jsonl --out out/ --config methods.json --set negtome.alpha=0.9 --batch-size 8
   negguide generate prompts.txt --out out/ --dry-run
-  negguide generate --from-image out/images/00000-negative_prompts-s0-a-red-circle.png --out again/
+  negguide generate --from-image out/images/00000-negative-prompts-s0-a-red-circle.png --out again/
   accelerate launch --multi_gpu --num_processes 2 -m negguide generate prompts.txt --out out/
 
-.txt: one prompt a line. .csv: a header row naming columns among prompt, negative_prompt, seed(s), method,
-steps, guidance_scale, guidance_rescale, width, height. .jsonl: one object a line with those keys, plus
-negatives (e.g. [{"text": "blue square", "weight": 1.0, "start": 0.2, "stop": 1.0}]) and guidance (a list of
-modules, e.g. ["perpneg"] or [{"name": "negtome", "alpha": 0.9}]). A re-run with the same --out resumes.
+.txt: one prompt a line; blank lines and lines starting with # are skipped. .csv: a header row naming columns
+among prompt, negative_prompt, seed(s), method, steps, guidance_scale, guidance_rescale, width, height. .jsonl:
+one object a line with those keys, plus negatives (e.g. [{"text": "blue square", "weight": 1.0, "start": 0.2,
+"stop": 1.0}]) and guidance (a list of modules, e.g. ["perpneg"] or [{"name": "negtome", "alpha": 0.9}]). A
+re-run with the same --out resumes.
+
+--batch-size bounds every pipeline call: the seeds of a prompt are split into calls of at most that many
+images. A method that compares the images of a prompt (NegToMe in batch mode) never gets a call of one image:
+a lone last image takes one from the call before, or with --batch-size 2 joins it (a call of 3 images).
 """
 
 
@@ -94,11 +105,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--guidance-rescale", help="guidance rescale in [0, 1] (default: 0)")
     parser.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default: the model's native size)")
-    parser.add_argument("--batch-size", help="images per pipeline call (default: 8)")
+    parser.add_argument(
+        "--batch-size", help="most images per pipeline call, the seeds of a prompt split between calls (default: 8)"
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad prompt lines instead of stopping")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the image count, generate nothing")
     parser.add_argument("--no-grid", dest="grids", action="store_false", help="write no comparison grids")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the warnings, log lines and loading bars of diffusers, transformers and accelerate",
+    )
     parser.add_argument(
         "--from-image",
         type=Path,
@@ -111,37 +129,46 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """The ``generate`` command; returns the exit code."""
-    if args.from_image is not None:
-        return regenerate(args)
+    with library_output(args.verbose):
+        return regenerate(args) if args.from_image is not None else generate(args)
+
+
+def generate(args: argparse.Namespace) -> int:
+    """A run over a prompts file; returns the exit code."""
     options = resolve_options(args)
     state = process_state(options.device)
     model = read_model(options.model)
     items, problems = read_items(options.prompts)
-    groups, more = expand(items, options.methods, options.defaults, model)
+    groups, more = expand_groups(items, options.methods, options.defaults, model)
     _report(problems + more, options.skip_bad, state.is_main_process)
     if not groups:
         raise InputError(f"`PROMPTS`: no usable prompt in {options.prompts}.")
-    planned = batches(groups, options.batch_size)
-    jobs = [job for batch in planned for job in batch.jobs]
+    try:
+        plan = Plan(groups, options.batch_size, "--batch-size")
+    except ValueError as error:
+        raise InputError(str(error)) from None
     if options.dry_run:
         if state.is_main_process:
-            _print_plan(planned, finished(options.out, jobs) if options.out.is_dir() else set(), options, model.name)
+            _print_plan(plan, finished(options.out, plan), options, model.name)
         return 0
     prepare_output(options.out)
     state.wait_for_everyone()
     if state.is_main_process:
         remove_temporaries(options.out)
     state.wait_for_everyone()
-    done = finished(options.out, jobs)
+    done = finished(options.out, plan)
     state.wait_for_everyone()
-    if len(done) < len(jobs):
-        run_batches(load_model(model, _device(options.device, state)), planned, options.out, state, done)
+    if len(done) < plan.images:
+        pipe = load_model(model, _device(options.device, state))
+        if state.is_main_process:
+            _report_long_prompts(pipe, plan)
+        run_batches(pipe, plan, options.out, state, done)
     state.wait_for_everyone()
     if state.is_main_process:
-        complete, lines, grids = finish(options.out, jobs, options.grids)
+        complete, lines, grids = finish(options.out, plan.jobs(), options.grids)
         print(
             f"{options.out}: {complete - len(done)} images generated by {state.num_processes} process(es), "
-            f"{len(done)} already there, {complete} of {len(jobs)} complete; manifest.jsonl has {lines} lines; "
+            f"{len(done)} already there, {complete} of {plan.images} complete; manifest.jsonl has {lines} lines; "
             f"{grids} grids written."
         )
     return 0
@@ -189,15 +216,25 @@ def _report(problems: list[Problem], skip_bad: bool, main: bool) -> None:
             print(f"negguide generate: skipping {problem}", file=sys.stderr)
 
 
-def _print_plan(planned: list[Batch], done: set[str], options: Options, model: str) -> None:
-    jobs = [job for batch in planned for job in batch.jobs]
-    for job in jobs:
+def _report_long_prompts(pipe: DiffusionPipeline, plan: Plan) -> None:
+    limit = token_limit(pipe)
+    if limit is not None:
+        for message in long_prompts(plan.groups, limit):
+            print(f"negguide generate: {message}", file=sys.stderr)
+
+
+def _print_plan(plan: Plan, done: set[str], options: Options, model: str) -> None:
+    for job in islice(plan.jobs(), MAX_LISTED_IMAGES):
         status = "done" if job.file in done else "todo"
         print(f"{status}  {job.file}  [{job.method}, seed {job.seed}, {job.width}x{job.height}, {job.steps} steps]")
-    todo = len(jobs) - len(done)
+    if plan.images > MAX_LISTED_IMAGES:
+        print(f"... and {plan.images - MAX_LISTED_IMAGES} more images")
+    sizes = ", ".join(
+        f"{calls} of {images} image{'s' * (images != 1)}" for images, calls in sorted(plan.call_sizes().items())[::-1]
+    )
     print(
-        f"{len(jobs)} images ({todo} to generate, {len(done)} done) in {len(planned)} pipeline calls of up to "
-        f"{options.batch_size} images; model {model}; output {options.out}"
+        f"{plan.images} images ({plan.images - len(done)} to generate, {len(done)} done) in {plan.calls} pipeline "
+        f"calls ({sizes}; --batch-size {options.batch_size}); model {model}; output {options.out}"
     )
 
 

@@ -24,7 +24,14 @@ def slug(text: str, length: int = SLUG_LENGTH) -> str:
 
 def image_name(item: int, method: str, seed: int, prompt: str) -> str:
     """Relative path of one image, e.g. ``images/00003-perpneg-s7-a-red-circle.png``."""
-    return f"{IMAGES}/{item:05d}-{slug(method)}-s{seed}-{slug(prompt) or 'prompt'}.png"
+    prefix, suffix = image_name_parts(item, method, prompt)
+    return f"{prefix}{seed}{suffix}"
+
+
+def image_name_parts(item: int, method: str, prompt: str) -> tuple[str, str]:
+    """What comes before and after the seed in `image_name`, e.g. ``("images/00003-perpneg-s",
+    "-a-red-circle.png")``."""
+    return f"{IMAGES}/{item:05d}-{slug(method)}-s", f"-{slug(prompt) or 'prompt'}.png"
 
 
 def grid_name(item: int, prompt: str) -> str:

@@ -1,5 +1,5 @@
-"""Prompt files for batch runs: ``.txt`` (one prompt a line), ``.csv`` (a header row naming the columns) and
-``.jsonl`` (one JSON object a line).
+"""Prompt files for batch runs: ``.txt`` (one prompt a line, ``#`` starting a comment line), ``.csv`` (a header
+row naming the columns) and ``.jsonl`` (one JSON object a line).
 
 Each record becomes an `Item`. A record that cannot be read becomes a `Problem` naming the file and the line,
 so a run can list every bad line before it generates anything.
@@ -32,6 +32,8 @@ SCALAR_FIELDS = (
     "height",
 )
 """Fields a ``.csv`` column or a ``.jsonl`` key may name."""
+COMMENT = "#"
+"""Starts a comment line of a ``.txt`` prompts file."""
 STRUCTURED_FIELDS = ("negatives", "guidance")
 """Fields only a ``.jsonl`` record may hold: weighted, windowed negatives and a list of guidance modules."""
 
@@ -49,7 +51,8 @@ class Item:
     """One record of a prompts file.
 
     Args:
-        index (`int`): 0-based position among the file's records (blank lines do not count, bad records do),
+        index (`int`): 0-based position among the file's records (blank and comment lines do not count, bad
+            records do),
             so file names stay the same when a bad line is fixed later.
         source (`str`): ``"<file>:<line>"``, for messages.
         prompt (`str`): the prompt.
@@ -149,10 +152,12 @@ def _negatives(value: object) -> list[dict[str, Any]]:
 
 
 def _read_txt(text: str, path: Path) -> tuple[list[Item], list[Problem]]:
+    """One prompt a line; blank lines and comments (lines whose first non-blank character is ``#``) skipped."""
     items = []
     for number, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            items.append(Item(index=len(items), source=f"{path}:{number}", prompt=line.strip()))
+        prompt = line.strip()
+        if prompt and not prompt.startswith(COMMENT):
+            items.append(Item(index=len(items), source=f"{path}:{number}", prompt=prompt))
     return items, []
 
 

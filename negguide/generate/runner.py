@@ -4,8 +4,9 @@ split of the work between the processes of an ``accelerate launch``."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from negguide.errors import InputError
 from negguide.generate.manifest import ManifestWriter, manifest_path, merge_manifest
 from negguide.generate.model import model_label
 from negguide.generate.names import GRIDS, IMAGES, grid_name
-from negguide.generate.plan import Batch, Job
+from negguide.generate.plan import Batch, Job, Plan
 from negguide.metadata import infotext, is_complete_png, read_png_metadata, save_png
 
 
@@ -59,20 +60,23 @@ def remove_temporaries(out: Path) -> list[Path]:
     return [path for folder in (out, out / IMAGES, out / GRIDS) for path in remove_stale_temporaries(folder)]
 
 
-def finished(out: Path, jobs: Sequence[Job]) -> set[str]:
-    """The files of ``jobs`` that exist complete in ``out``.
+def finished(out: Path, plan: Plan) -> set[str]:
+    """The files of ``plan`` that exist complete in ``out``, found by listing ``out/images``: the cost grows
+    with the files there, not with the plan.
 
     Raises:
         InputError: some existing files were made with other settings (another model, steps, ...).
     """
     done: set[str] = set()
     conflicts: list[str] = []
-    for job in jobs:
-        path = out / job.file
-        if not is_complete_png(path):
+    folder = out / IMAGES
+    names = sorted(entry.name for entry in os.scandir(folder)) if folder.is_dir() else []
+    for name in names:
+        job = plan.find(f"{IMAGES}/{name}")
+        if job is None or not is_complete_png(out / job.file):
             continue
         try:
-            recorded = (read_png_metadata(path)[1] or {}).get("job", {})
+            recorded = (read_png_metadata(out / job.file)[1] or {}).get("job", {})
         except (OSError, ValueError):
             recorded = {}
         expected = job.generation()
@@ -116,58 +120,65 @@ def save_image(out: Path, image: PIL.Image.Image, batch: Batch, position: int) -
 
 
 def run_batches(
-    pipe: DiffusionPipeline, batches: Sequence[Batch], out: Path, state: PartialState, done: set[str]
+    pipe: DiffusionPipeline, batches: Plan | Sequence[Batch], out: Path, state: PartialState, done: set[str]
 ) -> int:
-    """Make the images of ``batches`` not in ``done``; this process takes its share of the pending calls.
+    """Make the images of ``batches`` not in ``done``; process ``i`` of ``n`` takes calls ``i``, ``i + n``, ...
 
     A call with some images done is run whole, so that every image comes from the same call as in an
-    uninterrupted run. Returns the number of images this process wrote.
+    uninterrupted run. The calls of a `Plan` are made one at a time, as they are reached. The progress bar
+    counts this process's images, those already done included. Returns the number of images this process wrote.
     """
-    pending = [batch for batch in batches if any(job.file not in done for job in batch.jobs)]
-    writer = ManifestWriter(manifest_path(out, state.process_index, state.num_processes))
+    process, processes = state.process_index, state.num_processes
+    if isinstance(batches, Plan):
+        calls, total = batches.batches(), batches.share(process, processes)
+    else:
+        calls, total = iter(batches), sum(len(batch.jobs) for batch in batches[process::processes])
+    writer = ManifestWriter(manifest_path(out, process, processes))
     written = 0
-    with state.split_between_processes(pending) as share:
-        total = sum(job.file not in done for batch in share for job in batch.jobs)
-        with tqdm(total=total, unit="img", desc="generate", disable=not state.is_main_process) as progress:
-            for batch in share:
-                try:
-                    images = generate_images(pipe, batch)
-                except ValueError as error:  # a setting the modules can only check against the model
-                    first = batch.jobs[0]
-                    raise InputError(f"method {first.method!r} ({first.source}): {error}") from error
-                for position, image in enumerate(images):
-                    job = batch.jobs[position]
-                    if job.file in done:
-                        continue
+    with tqdm(total=total, unit="img", desc="generate", disable=not state.is_main_process) as progress:
+        for batch in islice(calls, process, None, processes):
+            if all(job.file in done for job in batch.jobs):
+                progress.update(len(batch.jobs))
+                continue
+            try:
+                images = generate_images(pipe, batch)
+            except ValueError as error:  # a setting the modules can only check against the model
+                first = batch.jobs[0]
+                raise InputError(f"method {first.method!r} ({first.source}): {error}") from error
+            for position, image in enumerate(images):
+                job = batch.jobs[position]
+                if job.file not in done:
                     save_image(out, image, batch, position)
                     writer.append(job.record())
                     written += 1
-                    progress.update()
+                progress.update()
     return written
 
 
-def finish(out: Path, jobs: Sequence[Job], grids: bool) -> tuple[int, int, int]:
+def finish(out: Path, jobs: Iterable[Job], grids: bool) -> tuple[int, int, int]:
     """Merge the manifest and, with ``grids``, write the item grids that are missing or older than their
     images. Returns the number of complete images, the manifest's line count and the number of grids written."""
+    jobs = list(jobs)
     records = [job.record() for job in jobs if is_complete_png(out / job.file)]
     lines = merge_manifest(out, records)
     return len(records), lines, (make_grids(out, jobs) if grids else 0)
 
 
-def make_grids(out: Path, jobs: Sequence[Job]) -> int:
+def make_grids(out: Path, jobs: Iterable[Job]) -> int:
     """One grid per item (a row per method, a column per seed) with `diffusers.utils.make_image_grid`."""
-    by_item: dict[int, list[Job]] = {}
+    by_item: dict[int, dict[str, list[Job]]] = {}
     for job in jobs:
-        by_item.setdefault(job.item, []).append(job)
+        by_item.setdefault(job.item, {}).setdefault(job.method, []).append(job)
     written = 0
-    for item, members in by_item.items():
+    for item, rows in by_item.items():
+        members = [job for row in rows.values() for job in row]
         paths = [out / job.file for job in members]
         if not all(is_complete_png(path) for path in paths):
             continue
         target = out / grid_name(item, members[0].prompt)
         if target.exists() and target.stat().st_mtime >= max(path.stat().st_mtime for path in paths):
             continue
-        methods = list(dict.fromkeys(job.method for job in members))
+        methods = list(rows)
         images = []
         for path in paths:
             with PIL.Image.open(path) as image:
