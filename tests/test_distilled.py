@@ -1,0 +1,78 @@
+"""Guidance-distilled UNets (``time_cond_proj_dim``): one evaluation per step, negatives by true CFG or NAG."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ForwardCounter, tiny_components
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from family_helpers import max_difference, run
+
+from negguide import NAG, NegativePrompts, PerpNeg
+from negguide.pipelines import StableDiffusionNegGuidePipeline
+
+PROMPT = "a red circle"
+
+
+@pytest.fixture
+def stock() -> StableDiffusionPipeline:
+    components = tiny_components()
+    torch.manual_seed(0)
+    config = {key: value for key, value in components["unet"].config.items() if not key.startswith("_")}
+    components["unet"] = UNet2DConditionModel.from_config({**config, "time_cond_proj_dim": 8})
+    pipe = StableDiffusionPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def pipe(stock) -> StableDiffusionNegGuidePipeline:
+    ours = StableDiffusionNegGuidePipeline.from_pipe(stock)
+    ours.set_progress_bar_config(disable=True)
+    return ours
+
+
+def one(pipeline, **kwargs) -> torch.Tensor:
+    return run(pipeline, prompt=PROMPT, seeds=(0, 1), guidance_scale=5.0, **kwargs)
+
+
+def test_without_a_negative_the_images_are_stock_diffusers(stock, pipe):
+    assert max_difference(one(pipe), one(stock)) <= 1e-5
+    assert max_difference(one(pipe, guidance=NegativePrompts()), one(stock)) <= 1e-5
+
+
+def test_one_evaluation_per_image_and_step(pipe):
+    counter = ForwardCounter(pipe.unet)
+    one(pipe)
+    assert counter.rows == [2, 2]
+
+
+def test_a_negative_without_true_cfg_is_refused_before_the_network_runs(pipe):
+    counter = ForwardCounter(pipe.unet)
+    with pytest.raises(ValueError, match="true_cfg_scale"):
+        one(pipe, negative_prompt="blue square")
+    with pytest.raises(ValueError, match="true_cfg_scale"):
+        one(pipe, guidance=NegativePrompts(["blue square"]))
+    assert counter.rows == []
+
+
+def test_true_cfg_evaluates_the_negative_and_mixes_with_its_own_scale(pipe):
+    counter = ForwardCounter(pipe.unet)
+    images = one(pipe, negative_prompt="blue square", true_cfg_scale=3.0)
+    assert counter.rows == [4, 4]
+    assert max_difference(images, one(pipe)) > 1e-4
+    assert torch.isfinite(one(pipe, guidance=PerpNeg(["blue square"]), true_cfg_scale=3.0)).all()
+
+
+def test_nag_takes_the_negative_at_one_evaluation_per_step(pipe):
+    counter = ForwardCounter(pipe.unet)
+    images = one(pipe, negative_prompt="blue square", guidance="nag")
+    assert counter.rows == [2, 2]
+    assert max_difference(images, one(pipe)) > 1e-4
+    assert torch.equal(images, one(pipe, guidance=NAG(["blue square"])))
+
+
+def test_true_cfg_scale_is_only_for_distilled_unets():
+    plain = StableDiffusionNegGuidePipeline(**tiny_components())
+    with pytest.raises(ValueError, match="guidance-distilled UNets"):
+        one(plain, true_cfg_scale=2.0)
