@@ -213,3 +213,77 @@ def test_generators_are_per_image(pipe):
         guidance=NAG(["blue square"]),
     ).images
     assert max_difference(images[0], images[1]) > 1e-4
+
+
+def transformer_pipelines():
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+    from family_helpers import flux_components, sd3_components
+
+    from negguide.pipelines import FluxNegGuidePipeline, StableDiffusion3NegGuidePipeline
+
+    sd3 = StableDiffusion3NegGuidePipeline.from_pipe(StableDiffusion3Pipeline(**sd3_components()))
+    flux = FluxNegGuidePipeline.from_pipe(FluxPipeline(**flux_components()))
+    for pipeline in (sd3, flux):
+        pipeline.set_progress_bar_config(disable=True)
+    return {"sd3": (sd3, {"guidance_scale": 1.0}), "flux": (flux, {})}
+
+
+@pytest.fixture(scope="module", params=["sd3", "flux"])
+def transformer(request):
+    return transformer_pipelines()[request.param]
+
+
+def test_transformers_scale_one_and_the_prompt_as_negative_change_nothing(transformer):
+    pipeline, settings = transformer
+    plain = run(pipeline, prompt=PROMPT, seeds=(0, 1), **settings)
+    assert torch.equal(run(pipeline, prompt=PROMPT, seeds=(0, 1), guidance=NAG(["blue"], scale=1.0), **settings), plain)
+    same = run(pipeline, prompt=PROMPT, seeds=(0, 1), guidance=NAG([PROMPT], scale=5.0), **settings)
+    assert max_difference(same, plain) < 1e-6
+
+
+def test_transformers_take_the_negative_as_a_text_stream_at_one_evaluation(transformer):
+    pipeline, settings = transformer
+    denoiser = pipeline.transformer
+    rows = []
+    handle = denoiser.register_forward_pre_hook(lambda m, a, k: rows.append(len(k["hidden_states"])), with_kwargs=True)
+    try:
+        flag = run(pipeline, prompt=PROMPT, seeds=(0, 1), negative_prompt="blue square", guidance="nag", **settings)
+    finally:
+        handle.remove()
+    assert rows == [2, 2]
+    plain = run(pipeline, prompt=PROMPT, seeds=(0, 1), **settings)
+    assert max_difference(flag, plain) > 1e-5
+    assert torch.equal(flag, run(pipeline, prompt=PROMPT, seeds=(0, 1), guidance=NAG(["blue square"]), **settings))
+
+
+def test_transformers_batched_equals_one_by_one(transformer):
+    pipeline, settings = transformer
+    module = NAG([Negative(["blue square", "red circle"])], scale=4.0)
+    batch = run(pipeline, guidance=module, **settings)
+    for p, prompt in enumerate(["a red circle", "a blue square"]):
+        seed = 2 * p + 1
+        single = run(
+            pipeline, prompt=prompt, num_images_per_prompt=1, seeds=(seed,),
+            guidance=NAG([module.negatives[0].text[p]], scale=4.0), **settings,
+        )
+        assert max_difference(batch[seed : seed + 1], single) < 1e-5
+
+
+def test_transformers_restore_their_hooks_and_compose_with_negtome(transformer):
+    pipeline, settings = transformer
+    before = hook_count(pipeline.transformer)
+
+    def fail(pipe, step, timestep, tensors):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        run(pipeline, prompt=PROMPT, seeds=(0, 1), guidance=NAG(["blue"]), callback_on_step_end=fail, **settings)
+    assert hook_count(pipeline.transformer) == before
+    images = run(pipeline, guidance=[NAG(["blue square"], scale=4.0), NegToMe(alpha=2.0, stop=1.0)], **settings)
+    assert torch.isfinite(images).all() and hook_count(pipeline.transformer) == before
+
+
+def test_transformer_layers_must_be_joint_attention(transformer):
+    pipeline, settings = transformer
+    with pytest.raises(ValueError, match="matches no attention module"):
+        run(pipeline, prompt=PROMPT, seeds=(0, 1), guidance=NAG(["x"], layers="attn2$"), **settings)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from diffusers import UNet2DConditionModel
 
 from negguide import functional as F
 from negguide.branches import COND, CallInfo, Step, TextKey
@@ -18,6 +19,8 @@ from negguide.checks import finite_float, unit_interval
 from negguide.layout import BatchLayout
 from negguide.modules.base import PatchContext, Patcher, PatchState, register_guidance
 from negguide.modules.negatives import Negative, as_negatives
+from negguide.modules.negtome import ATTENTION_TYPES
+from negguide.text_stream import StreamPlan, joint_blocks, text_stream
 from negguide.window import Window
 
 
@@ -31,11 +34,16 @@ class NAGDefaults:
     layers: str
 
 
-UNET_DEFAULTS = NAGDefaults(scale=3.0, alpha=0.5, layers=r"\.attn2$")
-"""UNets (SD 1.x/2.x, SDXL): cross-attention only; the paper's SDXL phi = 2 (scale 3) and alpha 0.5."""
-
-FAMILY_DEFAULTS: dict[str, NAGDefaults] = {"UNet2DConditionModel": UNET_DEFAULTS}
-"""Defaults by the denoiser's class name."""
+FAMILY_DEFAULTS: dict[str, NAGDefaults] = {
+    "UNet2DConditionModel": NAGDefaults(scale=3.0, alpha=0.5, layers=r"\.attn2$"),
+    "SD3Transformer2DModel": NAGDefaults(scale=5.0, alpha=0.125, layers=r"^transformer_blocks\.\d+\.attn$"),
+    "FluxTransformer2DModel": NAGDefaults(
+        scale=5.0, alpha=0.25, layers=r"^(transformer_blocks|single_transformer_blocks)\.\d+\.attn$"
+    ),
+}
+"""The official settings by the denoiser's class name: UNets (SD 1.x/2.x, SDXL) patch cross-attention only, with the
+paper's SDXL phi = 2 (scale 3) and alpha 0.5; SD3 every joint block, with the SD3.5 setting (scale 5, alpha 0.125);
+Flux every double and single block, with its setting (scale 5, alpha 0.25)."""
 
 
 @register_guidance("nag")
@@ -51,23 +59,39 @@ class NAG(Patcher):
     models (one evaluation per step, no unconditional branch) at ``guidance_scale=1``, and adds to any combiner
     (standard negatives, Perp-Neg) and to NegToMe. It acts on the rows of the ``cond`` branch, the prompt's.
 
-    The negative's keys and values come from its own text, encoded with the call's other texts once per call;
-    the image rows are not duplicated in the network, only inside the patched attention layers. Several
-    negatives each give a ``Z-``; their mean weighted by ``Negative.weight`` is the one ``Z-`` (one attention call
-    per negative in each patched layer). A negative acts at the steps both its own window and the module's hold.
+    The negative's keys and values come from its own text, encoded with the call's other texts once per call.
+    In a UNet's cross-attention layers the ``cond`` rows' image queries attend once more, to each negative, in the
+    same attention call; the image rows are not duplicated elsewhere in the network. In a transformer (SD3, Flux)
+    the negative's text runs through every joint block as a text stream of its own beside the prompt's
+    (`negguide.text_stream`), modulated like the prompt's (same timestep and pooled embedding); the image tokens
+    meet it inside the attention of the joint blocks and, in Flux's single blocks, which mix text and image tokens
+    in one sequence, for the whole block. Several negatives each give a ``Z-``;
+    their mean weighted by ``Negative.weight`` is the one ``Z-``. A negative acts at the steps both its own window
+    and the module's hold.
+
+    Family defaults (`FAMILY_DEFAULTS`), used for the settings left out:
+
+    ========================  =====  =====  =============================================
+    denoiser                  scale  alpha  layers
+    ========================  =====  =====  =============================================
+    UNet (SD 1.x/2.x, SDXL)   3      0.5    every cross-attention ``attn2``
+    SD3                       5      0.125  every joint block's ``attn``
+    Flux                      5      0.25   every double and single block's ``attn``
+    ========================  =====  =====  =============================================
 
     Args:
         negatives (`Sequence[Negative | str]`): the negative texts (one per prompt where a `Negative` holds a
             list); ``guidance="nag"`` takes the call's ``negative_prompt``.
         scale (`float`, *optional*): ``s >= 1`` (the paper's ``phi + 1``); 1 changes nothing. The family's default
-            when left out (3 for UNets, the paper's SDXL setting).
+            when left out.
         tau (`float`, defaults to 2.5): clipping threshold of the norm ratio, ``>= 1``.
-        alpha (`float`, *optional*): blend in ``[0, 1]``; the family's default when left out (0.5 for UNets).
+        alpha (`float`, *optional*): blend in ``[0, 1]``; the family's default when left out.
         start (`float`, defaults to 0.0), stop (`float`, defaults to 1.0): the module's window, fractions of the
             run (`negguide.window.Window`); the paper keeps most of the effect acting in the first quarter only.
         layers (`str`, *optional*): regular expression searched in the denoiser's module names; the matching
-            attention modules are patched. The family's default when left out (UNets: every ``attn2``).
-        norm (`str`, defaults to ``"l1"``): ``"l1"`` (the official UNet code) or ``"l2"`` (its Flux code).
+            attention modules are patched. The family's default when left out.
+        norm (`str`, defaults to ``"l1"``): ``"l1"`` (the official UNet and SD3 code, ComfyUI-NAG) or ``"l2"``
+            (the official Flux code; "visually similar, slightly worse metrics" by its author).
         projection (`str`, *optional*): ``None`` (the paper) or ``"perpendicular"``: only the part of ``Z+ - Z-``
             orthogonal to ``Z+`` acts, per token.
     """
@@ -153,36 +177,37 @@ class NAG(Patcher):
     @contextmanager
     def patch(self, model: torch.nn.Module, call: CallInfo, context: PatchContext) -> Iterator[PatchState]:
         settings = self.defaults(model)
-        layers = select_cross_attention(model, settings.layers)
         state = NAGState(self, settings, self._texts(call), context)
-        handles = []
-        try:
-            for name, attention in layers.items():
-                handles.append(attention.register_forward_pre_hook(state.extend, with_kwargs=True))
-                handles.append(attention.to_out[0].register_forward_pre_hook(functools.partial(state.guide, attention)))
-                handles.append(attention.register_forward_hook(functools.partial(state.check_done, name)))
-            yield state
-        finally:
-            for handle in handles:
-                handle.remove()
-            state.pending.clear()
+        if isinstance(model, UNet2DConditionModel):
+            with _cross_attention_hooks(state, select_cross_attention(model, settings.layers)):
+                yield state
+        else:
+            guided = set(select_joint_attention(model, settings.layers).values())
+            with text_stream(model, state.stream_plan, guided, state.combine):
+                yield state
+
+
+def _selected(model: torch.nn.Module, layers: str, family: str, example: str) -> dict[str, torch.nn.Module]:
+    pattern = re.compile(layers)
+    selected = {
+        name: module
+        for name, module in model.named_modules()
+        if pattern.search(name) and isinstance(module, ATTENTION_TYPES)
+    }
+    if not selected:
+        raise ValueError(
+            f"NAG: `layers` pattern {layers!r} matches no attention module of {type(model).__name__}; {family} "
+            f"attention modules are named like {example!r}."
+        )
+    return selected
 
 
 def select_cross_attention(model: torch.nn.Module, layers: str) -> dict[str, torch.nn.Module]:
     """The cross-attention modules of a UNet whose names match ``layers``; ValueError when none does or when a
     match is not a cross-attention layer NAG can patch."""
-    from diffusers.models.attention_processor import Attention
-
-    pattern = re.compile(layers)
-    found = {name: module for name, module in model.named_modules() if pattern.search(name)}
-    selected = {name: module for name, module in found.items() if isinstance(module, Attention)}
-    if not selected:
-        raise ValueError(
-            f"NAG: `layers` pattern {layers!r} matches no attention module of {type(model).__name__}; UNet "
-            "cross-attention modules are named like 'up_blocks.1.attentions.0.transformer_blocks.0.attn2'."
-        )
+    selected = _selected(model, layers, "UNet cross-attention", "up_blocks.1.attentions.0.transformer_blocks.0.attn2")
     for name, module in selected.items():
-        if not module.is_cross_attention or module.residual_connection:
+        if not getattr(module, "is_cross_attention", False) or getattr(module, "residual_connection", True):
             raise ValueError(
                 f"NAG: layer {name!r} is not a cross-attention layer (image queries, text keys and values); "
                 "choose `layers` among the 'attn2' modules."
@@ -190,19 +215,47 @@ def select_cross_attention(model: torch.nn.Module, layers: str) -> dict[str, tor
     return selected
 
 
+def select_joint_attention(model: torch.nn.Module, layers: str) -> dict[str, torch.nn.Module]:
+    """The joint (and Flux single) blocks' attention modules of a transformer whose names match ``layers``;
+    ValueError when none does or when a match is another attention (SD3.5's image-only ``attn2``)."""
+    selected = _selected(model, layers, "joint-block", "transformer_blocks.0.attn")
+    joint = {id(block.attn) for block in joint_blocks(model)}
+    for name, module in selected.items():
+        if id(module) not in joint:
+            raise ValueError(
+                f"NAG: layer {name!r} is not the attention of a joint block, where text and image tokens meet; "
+                "choose `layers` among 'transformer_blocks.N.attn' (and Flux's 'single_transformer_blocks.N.attn')."
+            )
+    return selected
+
+
+@contextmanager
+def _cross_attention_hooks(state: NAGState, layers: dict[str, torch.nn.Module]) -> Iterator[None]:
+    """A UNet's cross-attention layers: the ``cond`` rows' queries attend to each negative too, in one call."""
+    handles = []
+    try:
+        for name, attention in layers.items():
+            handles.append(attention.register_forward_pre_hook(state.extend, with_kwargs=True))
+            handles.append(attention.to_out[0].register_forward_pre_hook(functools.partial(state.guide, attention)))
+            handles.append(attention.register_forward_hook(functools.partial(state.check_done, name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        state.pending.clear()
+
+
 @dataclass(frozen=True)
 class _Plan:
-    """One forward's NAG work: the ``cond`` rows (``targets``), the negatives' text rows for them
-    (``contexts``, negative-major: ``(k * T, tokens, features)``) and the negatives' weights."""
+    """One forward's NAG work: the ``cond`` rows with the negatives' text rows for them (`StreamPlan`), and the
+    negatives' weights."""
 
-    targets: torch.Tensor  # (T,)
-    contexts: torch.Tensor  # (k * T, L, D)
+    stream: StreamPlan
     weights: tuple[float, ...]
-    num_rows: int
 
 
 class NAGState(PatchState):
-    """One call of `NAG`: the plan of the forward about to run, and the layers between their two hooks."""
+    """One call of `NAG`: the plan of the forward about to run, and the UNet layers between their two hooks."""
 
     def __init__(
         self, module: NAG, settings: NAGDefaults, texts: Sequence[tuple[str, ...]], context: PatchContext
@@ -234,27 +287,41 @@ class NAGState(PatchState):
         keys = [self.texts[i][layout.rows[t].prompt] for i in active for t in targets]
         contexts = self.conditions(keys)["encoder_hidden_states"]
         weights = tuple(self.module.negatives[i].weight for i in active)
-        device = contexts.device
-        return _Plan(torch.tensor(targets, device=device), contexts, weights, len(layout))
+        return _Plan(StreamPlan(torch.tensor(targets, device=contexts.device), contexts, len(layout)), weights)
+
+    def stream_plan(self) -> StreamPlan | None:
+        """The text rows the negatives add to the forward about to run (`negguide.text_stream`)."""
+        return None if self._plan is None else self._plan.stream
+
+    def combine(self, rows: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """``rows`` ``(N, tokens, C)`` with the ``cond`` rows' attention outputs guided away from the negatives'
+        (``negatives``: ``(k * T, tokens, C)``, negative-major), `negguide.functional.nag`."""
+        plan = self._plan
+        targets = plan.stream.targets
+        negative = F.weighted_mean(list(negatives.chunk(len(plan.weights))), plan.weights)
+        module, settings = self.module, self.settings
+        guided = F.nag(
+            rows[targets], negative, settings.scale, module.tau, settings.alpha, module.norm, module.projection
+        )
+        return rows.index_copy(0, targets, guided)
 
     def extend(self, attention: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
-        """Forward pre-hook of a patched layer: add, per negative, the ``cond`` rows' image queries with the
-        negative's text as keys and values."""
+        """Forward pre-hook of a UNet cross-attention layer: add, per negative, the ``cond`` rows' image queries
+        with the negative's text as keys and values."""
         plan = self._plan
         if plan is None:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
         context = kwargs.get("encoder_hidden_states")
-        if not isinstance(context, torch.Tensor) or len(hidden) != plan.num_rows:
+        if not isinstance(context, torch.Tensor) or len(hidden) != plan.stream.num_rows:
             raise ValueError(
                 "NAG: a patched layer was called without text keys and values for every row (IP-Adapter inputs "
-                "and attention masks are not supported with NAG)."
+                "are not supported with NAG)."
             )
         if kwargs.get("attention_mask") is not None:
             raise ValueError("NAG: attention masks are not supported in the patched layers.")
-        repeats = len(plan.weights)
-        hidden = torch.cat([hidden, hidden[plan.targets].repeat(repeats, *[1] * (hidden.ndim - 1))])
-        kwargs = {**kwargs, "encoder_hidden_states": torch.cat([context, plan.contexts.to(context.dtype)])}
+        hidden = plan.stream.tile(hidden)
+        kwargs = {**kwargs, "encoder_hidden_states": torch.cat([context, plan.stream.contexts.to(context.dtype)])}
         if args:
             args = (hidden, *args[1:])
         else:
@@ -263,22 +330,18 @@ class NAGState(PatchState):
         return args, kwargs
 
     def guide(self, attention: torch.nn.Module, projection: torch.nn.Module, args: tuple) -> tuple | None:
-        """Forward pre-hook of a patched layer's output projection: the ``cond`` rows' attention output guided
-        away from the negatives' (`negguide.functional.nag`); the added rows dropped."""
+        """Forward pre-hook of a UNet cross-attention layer's output projection: the ``cond`` rows' attention output
+        guided (`combine`); the added rows dropped."""
         plan = self.pending.pop(attention, None)
         if plan is None:
             return None
         outputs = args[0]  # (N + k * T, tokens, features)
-        rows, negatives = outputs[: plan.num_rows], outputs[plan.num_rows :]
-        negative = F.weighted_mean(list(negatives.chunk(len(plan.weights))), plan.weights)
-        module, settings = self.module, self.settings
-        guided = F.nag(
-            rows[plan.targets], negative, settings.scale, module.tau, settings.alpha, module.norm, module.projection
-        )
-        return (rows.index_copy(0, plan.targets, guided), *args[1:])
+        rows = outputs[: plan.stream.num_rows]
+        return (self.combine(rows, outputs[plan.stream.num_rows :]), *args[1:])
 
     def check_done(self, name: str, attention: torch.nn.Module, args: tuple, output: Any) -> None:
-        """Forward hook of a patched layer: its output projection must have run (and dropped the added rows)."""
+        """Forward hook of a UNet cross-attention layer: its output projection must have run (and dropped the added
+        rows)."""
         if self.pending.pop(attention, None) is not None:
             raise ValueError(
                 f"NAG: layer {name!r} did not pass its attention output through `to_out[0]`; its attention "

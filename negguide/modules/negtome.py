@@ -279,7 +279,8 @@ class NegToMeState(PatchState):
         plan = self._plan
         if plan is None:
             return None
-        if not isinstance(output, torch.Tensor) or output.ndim != 3 or len(output) != plan.num_rows:
+        # Rows past the layout's are a text stream's (`negguide.text_stream`, Flux's single blocks): left as they are.
+        if not isinstance(output, torch.Tensor) or output.ndim != 3 or len(output) < plan.num_rows:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ValueError(
                 f"NegToMe: layer {name!r} returned {shape}, not ({plan.num_rows} rows, tokens, channels); choose "
