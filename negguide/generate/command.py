@@ -81,7 +81,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("prompts", nargs="?", type=Path, metavar="PROMPTS", help="a .txt, .csv or .jsonl file")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created; a re-run resumes)")
-    parser.add_argument("--model", help="diffusers folder or hub id (default: the embedded shapes-world model)")
+    parser.add_argument(
+        "--model",
+        help="diffusers folder or hub id, or an embedded model: shapes-world (the default), shapes-world-distilled",
+    )
     parser.add_argument("--config", type=Path, help=f"JSON or YAML file with any of: {', '.join(CONFIG_KEYS)}")
     parser.add_argument(
         "--method",

@@ -11,8 +11,10 @@ from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from negguide.errors import InputError
 from negguide.loading import (
     DEFAULT_GUIDANCE_SCALE,
+    DISTILLED_MODEL_NAME,
     EMBEDDED_GUIDANCE_SCALE,
     EMBEDDED_MODEL_NAME,
+    distilled_unet_path,
     embedded_model_path,
     is_embedded_model,
     load_pipeline,
@@ -58,13 +60,16 @@ def model_label(name: str) -> str:
 
 
 def read_model(model: str | None, argument: str = "--model") -> ModelInfo:
-    """`ModelInfo` of the embedded model (``None`` or ``"shapes-world"``), a local folder or a hub id."""
-    if model is None or model == EMBEDDED_MODEL_NAME:
+    """`ModelInfo` of an embedded model (``None`` or ``"shapes-world"``, ``"shapes-world-distilled"``), a local
+    folder or a hub id."""
+    if model is None or model in (EMBEDDED_MODEL_NAME, DISTILLED_MODEL_NAME):
         try:
             location: str | Path = embedded_model_path()
+            if model == DISTILLED_MODEL_NAME:
+                distilled_unet_path()
         except FileNotFoundError as error:
             raise InputError(f"`{argument}`: {error}; or name a model folder with --model.") from None
-        name = EMBEDDED_MODEL_NAME
+        name = model or EMBEDDED_MODEL_NAME
     elif Path(model).exists():
         location = Path(model).resolve()
         name = str(location)
