@@ -4,7 +4,9 @@ Two kinds of measurement, all pure functions:
 
 * verdicts over detections (:func:`negguide.shapes.detect`) against the text of a prompt and a
   negative in the shapes world's grammar: the named objects are present, extra objects, the negative's
-  object removed, the prompted objects kept; and :func:`rates`, their averages over a benchmark;
+  object removed, the prompted objects kept; and :func:`rates`, their averages over a benchmark. Given the
+  same seed's image without the negative, an object that changed colour or shape in place is told from one
+  removed (:func:`removal_outcome`), and only removal counts;
 * distances between images, on pixels in ``[0, 1]``: batch diversity, similarity to a reference, the
   change outside a box;
 * the same two comparisons on what the images hold (:func:`composition_similarity`,
@@ -140,6 +142,63 @@ def negative_removed(detections: Sequence[Detection], negative: str | Sequence[O
     return not any(contains(detections, spec) for spec in _as_specs(negative))
 
 
+OUTCOMES = ("absent", "removed", "recoloured", "reshaped", "replaced", "present")
+"""What became of a negative's object, from success to failure (:func:`removal_outcome`): not in the image
+without the negative, removed, changed in place (colour, shape or both), still there. Only ``"removed"`` (and
+``"absent"``: nothing to remove) counts as removal."""
+IN_PLACE = 0.5
+"""A detection is in an object's place when it covers at least this share of the smaller of the two boxes."""
+
+
+def box_overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """The area two boxes ``(x0, y0, x1, y1)`` share over the area of the smaller one, in ``[0, 1]``."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    if width <= 0 or height <= 0 or smaller <= 0:
+        return 0.0
+    return width * height / smaller
+
+
+def removal_outcome(before: Sequence[Detection], after: Sequence[Detection], target: str | ObjectSpec) -> str:
+    """What became of the objects fitting ``target`` between an image without the negative (``before``) and one
+    with it (``after``), one of `OUTCOMES`:
+
+    * ``"absent"``: ``before`` holds no such object; ``"present"``: ``after`` still holds one;
+    * otherwise, for each of ``before``'s objects, the detection of ``after`` most in its place
+      (:func:`box_overlap` at least `IN_PLACE`): of the target's shape in another colour, ``"recoloured"``; of
+      its colour in another shape, ``"reshaped"``; of neither, ``"replaced"``; none there, ``"removed"``. With
+      several objects the outcome furthest from removal is given.
+
+    A target naming only a colour (``"red"``) cannot be reshaped away: a red object of another shape still fits
+    it; likewise a shape-only target cannot be recoloured away.
+    """
+    spec = parse_phrase(target) if isinstance(target, str) else ObjectSpec(*target)
+    targets = [det for det in before if spec.matches(det)]
+    if not targets:
+        return "absent"
+    if any(spec.matches(det) for det in after):
+        return "present"
+    return max((_in_place(obj, after) for obj in targets), key=OUTCOMES.index)
+
+
+def _in_place(obj: Detection, after: Sequence[Detection]) -> str:
+    overlaps = [(box_overlap(obj.box, det.box), det) for det in after]
+    overlaps = [(share, det) for share, det in overlaps if share >= IN_PLACE]
+    if not overlaps:
+        return "removed"
+    _, there = max(overlaps, key=lambda pair: pair[0])
+    if there.shape == obj.shape:
+        return "recoloured"
+    return "reshaped" if there.colour == obj.colour else "replaced"
+
+
+def negative_outcome(before: Sequence[Detection], after: Sequence[Detection],
+                     negative: str | Sequence[ObjectSpec]) -> str:
+    """:func:`removal_outcome` over every phrase of a negative: the outcome furthest from removal."""
+    return max((removal_outcome(before, after, spec) for spec in _as_specs(negative)), key=OUTCOMES.index)
+
+
 def kept(detections: Sequence[Detection], prompt: str | Sequence[ObjectSpec],
          negative: str | Sequence[ObjectSpec] | None) -> bool:
     """The prompted objects the negative does not target are all present.
@@ -160,26 +219,36 @@ class Verdict:
     Args:
         named: every prompted object is present (:func:`has_named_objects`).
         extra: the number of detections the prompt does not name (:func:`extra_objects`).
-        negative_removed: no detection fits the negative (:func:`negative_removed`); ``None`` without
-            a negative.
+        negative_removed: no detection fits the negative (:func:`negative_removed`) and, when the image
+            without the negative is given, none of its objects was only recoloured or reshaped in place
+            (:func:`negative_outcome` is ``"removed"`` or ``"absent"``); ``None`` without a negative.
         kept: the prompted objects the negative does not target are present (:func:`kept`).
+        negative_outcome: :func:`negative_outcome` against the image without the negative; ``None`` without a
+            negative or without that image.
     """
 
     named: bool
     extra: int
     negative_removed: bool | None
     kept: bool
+    negative_outcome: str | None = None
 
 
-def judge(detections: Sequence[Detection], prompt: str, negative: str | None = None) -> Verdict:
-    """The :class:`Verdict` of one image's detections. An empty negative counts as none."""
+def judge(detections: Sequence[Detection], prompt: str, negative: str | None = None,
+          plain: Sequence[Detection] | None = None) -> Verdict:
+    """The :class:`Verdict` of one image's detections; ``plain``: the detections of the same seed's image
+    without the negative, to tell a removed object from one recoloured or reshaped in place. An empty negative
+    counts as none."""
     specs = parse_prompt(prompt)
     targets = parse_prompt(negative) if negative else ()
+    outcome = negative_outcome(plain, detections, targets) if targets and plain is not None else None
+    removed = negative_removed(detections, targets) if targets else None
     return Verdict(
         named=has_named_objects(detections, specs),
         extra=len(extra_objects(detections, specs)),
-        negative_removed=negative_removed(detections, targets) if targets else None,
+        negative_removed=removed if outcome is None else outcome in ("removed", "absent"),
         kept=kept(detections, specs, targets),
+        negative_outcome=outcome,
     )
 
 
@@ -193,8 +262,12 @@ class Rates:
         extra_rate: the share of images with at least one extra object.
         mean_extra: the mean number of extra objects per image.
         negative_removed_rate: the share of the images that have a negative whose negative's objects
-            are all gone; ``None`` when no image has a negative.
+            are all gone (:attr:`Verdict.negative_removed`: not recoloured or reshaped in place either, when
+            the samples give the image without the negative); ``None`` when no image has a negative.
         kept_rate: the share of images whose untargeted prompted objects are all present.
+        changed_in_place_rate: the share of the images with a negative and an image without it whose
+            negative's object was recoloured, reshaped or replaced in place instead of removed; ``None`` when
+            no sample gives both.
     """
 
     count: int
@@ -203,19 +276,22 @@ class Rates:
     mean_extra: float
     negative_removed_rate: float | None
     kept_rate: float
+    changed_in_place_rate: float | None = None
 
 
-def rates(samples: Iterable[tuple[Any, str, str | None]],
-          detector: Callable[[Any], Sequence[Detection]] = detect) -> Rates:
-    """Run ``detector`` on each ``(image, prompt, negative)`` and average the verdicts (:class:`Rates`).
+def rates(samples: Iterable[tuple[Any, ...]], detector: Callable[[Any], Sequence[Detection]] = detect) -> Rates:
+    """Run ``detector`` on each ``(image, prompt, negative)`` or ``(image, prompt, negative, plain_image)`` (the
+    same seed without the negative, see :func:`judge`) and average the verdicts (:class:`Rates`).
 
     Raises ``ValueError`` for an empty set.
     """
-    verdicts = [judge(detector(image), prompt, negative) for image, prompt, negative in samples]
+    verdicts = [_sample_verdict(sample, detector) for sample in samples]
     if not verdicts:
         raise ValueError("rates needs at least one (image, prompt, negative) sample")
     n = len(verdicts)
     removed = [v.negative_removed for v in verdicts if v.negative_removed is not None]
+    outcomes = [v.negative_outcome for v in verdicts if v.negative_outcome is not None]
+    in_place = ("recoloured", "reshaped", "replaced")
     return Rates(
         count=n,
         named_rate=sum(v.named for v in verdicts) / n,
@@ -223,7 +299,16 @@ def rates(samples: Iterable[tuple[Any, str, str | None]],
         mean_extra=sum(v.extra for v in verdicts) / n,
         negative_removed_rate=sum(removed) / len(removed) if removed else None,
         kept_rate=sum(v.kept for v in verdicts) / n,
+        changed_in_place_rate=sum(o in in_place for o in outcomes) / len(outcomes) if outcomes else None,
     )
+
+
+def _sample_verdict(sample: tuple[Any, ...], detector: Callable[[Any], Sequence[Detection]]) -> Verdict:
+    if len(sample) not in (3, 4):
+        raise ValueError(f"a sample is (image, prompt, negative[, plain_image]), got {len(sample)} items")
+    image, prompt, negative, *plain = sample
+    before = detector(plain[0]) if plain and plain[0] is not None else None
+    return judge(detector(image), prompt, negative, plain=before)
 
 
 def presence_rate(detections_per_image: Iterable[Sequence[Detection]], spec: str | ObjectSpec) -> float:

@@ -8,6 +8,7 @@ from negguide.metrics import (
     Rates,
     Verdict,
     batch_diversity,
+    box_overlap,
     change_outside_box,
     composition_diversity,
     composition_similarity,
@@ -17,6 +18,7 @@ from negguide.metrics import (
     judge,
     kept,
     matching,
+    negative_outcome,
     negative_removed,
     object_kinds,
     oversized,
@@ -24,6 +26,7 @@ from negguide.metrics import (
     parse_prompt,
     presence_rate,
     rates,
+    removal_outcome,
     rms_distance,
     similarity,
 )
@@ -196,3 +199,50 @@ def test_change_outside_box():
     assert change_outside_box(before, after, (3.5, 2.5, 6.5, 5.5)) == 0.0
     with pytest.raises(ValueError, match="no pixel"):
         change_outside_box(before, after, (0, 0, 10, 10))
+
+
+def at(colour: str, shape: str, box: tuple[int, int, int, int]) -> Detection:
+    return Detection(colour, shape, box, 100.0, 1.0)
+
+
+SQUARE_HERE = at("red", "square", (10, 10, 30, 30))
+CIRCLE_THERE = at("red", "circle", (40, 40, 60, 60))
+
+
+@pytest.mark.parametrize("after, target, expected", [
+    ([CIRCLE_THERE], "red square", "removed"),
+    ([CIRCLE_THERE, at("green", "square", (11, 10, 31, 29))], "red square", "recoloured"),
+    ([CIRCLE_THERE, at("red", "circle", (12, 12, 30, 30))], "red square", "reshaped"),
+    ([CIRCLE_THERE, at("blue", "triangle", (10, 14, 28, 30))], "red square", "replaced"),
+    ([CIRCLE_THERE, at("red", "square", (40, 5, 60, 25))], "red square", "present"),
+    ([CIRCLE_THERE, at("green", "square", (32, 10, 52, 30))], "red square", "removed"),  # beside, not in place
+    ([CIRCLE_THERE, at("red", "circle", (12, 12, 30, 30))], "square", "reshaped"),
+    ([CIRCLE_THERE, at("red", "circle", (12, 12, 30, 30))], "red", "present"),  # a colour-only target stays
+    ([CIRCLE_THERE, at("green", "square", (11, 10, 31, 29))], "square", "present"),
+])
+def test_removal_outcome_tells_removed_from_changed_in_place(after, target, expected):
+    assert removal_outcome([SQUARE_HERE, CIRCLE_THERE], after, target) == expected
+
+
+def test_removal_outcome_without_the_object_and_over_several_phrases():
+    assert removal_outcome([CIRCLE_THERE], [], "red square") == "absent"
+    recoloured = [at("green", "square", (10, 10, 30, 30))]
+    assert negative_outcome([SQUARE_HERE, CIRCLE_THERE], recoloured, "red square and red circle") == "recoloured"
+    assert negative_outcome([SQUARE_HERE], [], "red square and blue") == "removed"
+    assert box_overlap((0, 0, 10, 10), (5, 0, 15, 10)) == 0.5 and box_overlap((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+
+
+def test_a_recoloured_negative_is_not_counted_as_removed():
+    plain = [SQUARE_HERE, CIRCLE_THERE]
+    recoloured = [at("green", "square", (10, 10, 30, 30)), CIRCLE_THERE]
+    verdict = judge(recoloured, "a red circle", "red square", plain=plain)
+    assert verdict.negative_outcome == "recoloured" and verdict.negative_removed is False
+    assert judge(recoloured, "a red circle", "red square").negative_removed is True  # no plain image: absence only
+    assert judge([CIRCLE_THERE], "a red circle", "red square", plain=plain).negative_removed is True
+    found = {"plain": plain, "recoloured": recoloured, "removed": [CIRCLE_THERE]}
+    samples = [("recoloured", "a red circle", "red square", "plain"), ("removed", "a red circle", "red square", "plain")]
+    result = rates(samples, detector=found.__getitem__)
+    assert result.negative_removed_rate == 0.5 and result.changed_in_place_rate == 0.5
+    assert rates(samples[1:], detector=found.__getitem__).changed_in_place_rate == 0.0
+    with pytest.raises(ValueError, match="a sample is"):
+        rates([("removed", "a red circle")], detector=found.__getitem__)
