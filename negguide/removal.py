@@ -12,7 +12,10 @@ verdict is monotone in the window's length.
 A detector is any callable ``detector(image, obj) -> bool`` (True: ``obj`` is in the PIL image): the
 shapes-world detector (`ShapesDetector`) is built in; a CLIP, VLM or OWL-ViT wrapper plugs in the same way.
 A detector that also has a method ``box(image, obj) -> (x0, y0, x1, y1) | None`` locates the object in the
-image without the negative, and the result then reports the change outside that box.
+image without the negative, and the result then reports the change outside that box. One with a method
+``outcome(plain, image, obj) -> str`` (one of `negguide.metrics.OUTCOMES`) judges each trial against the image
+without the negative, so that an object recoloured or reshaped in place is not taken for removed; the built-in
+detector has both. Only ``"removed"`` ends the search.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from negguide.checks import finite_float
-from negguide.metrics import ObjectSpec, change_outside_box, contains, parse_phrase
+from negguide.metrics import OUTCOMES, ObjectSpec, change_outside_box, contains, parse_phrase, removal_outcome
 from negguide.modules.negatives import Negative, NegativePrompts
 from negguide.shapes.detector import detect
 
@@ -80,6 +83,11 @@ class ShapesDetector:
     def __call__(self, image: PIL.Image.Image, obj: str) -> bool:
         return contains(detect(image), self.spec(obj))
 
+    def outcome(self, plain: PIL.Image.Image, image: PIL.Image.Image, obj: str) -> str:
+        """What became of ``obj`` from ``plain`` to ``image`` (`negguide.metrics.removal_outcome`): ``"removed"``,
+        ``"recoloured"``, ``"reshaped"``, ``"replaced"`` (changed in place), ``"present"`` or ``"absent"``."""
+        return removal_outcome(detect(plain), detect(image), self.spec(obj))
+
     def box(self, image: PIL.Image.Image, obj: str) -> Box | None:
         """The box around every detection of ``obj`` in ``image`` (pixel edges), ``None`` when there is none."""
         spec = self.spec(obj)
@@ -97,14 +105,18 @@ class Trial:
     Args:
         window (`tuple[int, int]`): the negative's steps ``[start, end)``.
         fractions (`tuple[float, float]`): the same window as fractions of the run.
-        present (`bool`): the detector's verdict: the object is still in the image.
+        present (`bool`): the detector's verdict: the object is not removed (still there, or changed in place).
         image (`PIL.Image.Image`): the image.
+        outcome (`str`): what became of the object, one of `negguide.metrics.OUTCOMES`: ``"removed"``,
+            ``"recoloured"``, ``"reshaped"``, ``"replaced"`` or ``"present"`` from a detector with an ``outcome``
+            method; ``"removed"`` or ``"present"`` from any other.
     """
 
     window: Window
     fractions: tuple[float, float]
     present: bool
     image: PIL.Image.Image
+    outcome: str
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,14 @@ class RemovalResult:
         return self.window is not None
 
     @property
+    def outcome(self) -> str:
+        """What became of the object in ``image``: ``"absent"`` when the plain image lacks it, else the outcome
+        of the chosen trial (``"removed"``), or of the longest window tried when none removed it."""
+        if not self.trials:
+            return "absent"
+        return next(trial.outcome for trial in self.trials if trial.image is self.image)
+
+    @property
     def fractions(self) -> tuple[float, float] | None:
         """``window`` as fractions of the run, e.g. ``(0.2, 0.35)``."""
         return None if self.window is None else window_fractions(self.window, self.steps)
@@ -155,7 +175,8 @@ class RemovalResult:
             return f"{self.obj!r} is not in the image of {self.prompt!r} (seed {self.seed}): nothing to remove."
         tried = f"{len(self.trials)} trial{'s' if len(self.trials) != 1 else ''}"
         if self.window is None:
-            return f"No window removed {self.obj!r} from {self.prompt!r} (seed {self.seed}) in {tried}."
+            last = "" if self.outcome == "present" else f"; the longest window {self.outcome} it in place"
+            return f"No window removed {self.obj!r} from {self.prompt!r} (seed {self.seed}) in {tried}{last}."
         start, stop = self.fractions
         change = "" if self.change_outside_box is None else f"; change outside its box {self.change_outside_box:.4f}"
         return (
@@ -340,8 +361,9 @@ def remove_objects(
         for end, images in sorted(groups.items()):
             window = (first, end)
             for i, image in zip(images, render(images, window)):
-                verdict = _verdict(detector, image, objs[i])
-                trials[i].append(Trial(window, window_fractions(window, num_steps), verdict, image))
+                outcome = _outcome(detector, plain[i], image, objs[i])
+                verdict = outcome != "removed"
+                trials[i].append(Trial(window, window_fractions(window, num_steps), verdict, image, outcome))
                 try:
                     requests[i] = searches[i].send(verdict)
                 except StopIteration as stop:
@@ -475,6 +497,22 @@ def _verdict(detector: Detector, image: PIL.Image.Image, obj: str) -> bool:
             "a detector must return True when the object is in the image and False when it is not."
         )
     return bool(verdict)
+
+
+def _outcome(detector: Detector, plain: PIL.Image.Image, image: PIL.Image.Image, obj: str) -> str:
+    """The detector's ``outcome(plain, image, obj)`` when it has one (checked to be a removal outcome, with
+    ``"absent"`` taken as ``"removed"``: the object is not there), else ``"present"`` or ``"removed"`` from its
+    verdict on ``image``."""
+    judge = getattr(detector, "outcome", None)
+    if not callable(judge):
+        return "present" if _verdict(detector, image, obj) else "removed"
+    outcome = _ask(lambda: judge(plain, image, obj), detector, "outcome()", obj)
+    if outcome not in OUTCOMES:
+        raise DetectorError(
+            f"detector {_detector_name(detector)}.outcome returned {outcome!r} for object {obj!r}; expected one of "
+            f"{', '.join(OUTCOMES)}."
+        )
+    return "removed" if outcome == "absent" else outcome
 
 
 def _box(detector: Detector, image: PIL.Image.Image, obj: str) -> Box | None:

@@ -282,3 +282,52 @@ def test_remove_command_bad_input_writes_nothing(tmp_path, capsys, flags, match)
     assert main(["remove", "--prompt", PROMPT, "--out", str(out), *flags]) == 2
     assert re.search(match, capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_shapes_detector_tells_removed_from_recoloured_and_reshaped():
+    circle = ShapeObject("blue", "circle", 46, 46, 20)
+    plain = render([ShapeObject("red", "square", 20, 20, 20), circle])
+    detector = ShapesDetector()
+    outcomes = {
+        "removed": render([circle]),
+        "recoloured": render([ShapeObject("green", "square", 20, 20, 20), circle]),
+        "reshaped": render([ShapeObject("red", "circle", 20, 20, 20), circle]),
+        "present": plain,
+    }
+    for expected, image in outcomes.items():
+        assert detector.outcome(plain, image, "red square") == expected
+    assert detector.outcome(render([circle]), render([circle]), "red square") == "absent"
+
+
+class RecolouringDetector:
+    """The object is present in the plain image; the first trial recolours it in place, the next removes it."""
+
+    def __init__(self) -> None:
+        self.outcomes = deque(["recoloured", "removed"])
+
+    def __call__(self, image, obj) -> bool:
+        return True
+
+    def outcome(self, plain, image, obj) -> str:
+        return self.outcomes.popleft()
+
+
+def test_a_recoloured_object_is_not_removed_and_the_search_goes_on(pipe):
+    result = remove_object(pipe, PROMPT, OBJ, 0, detector=RecolouringDetector(), steps=STEPS, start=START)
+    assert [(trial.window, trial.outcome, trial.present) for trial in result.trials] == [
+        ((1, 2), "recoloured", True),
+        ((1, 3), "removed", False),
+    ]
+    assert result.window == (1, 3) and result.outcome == "removed" and result.summary().startswith("Removed")
+    stuck = RecolouringDetector()
+    stuck.outcomes = deque(["recoloured"] * 4)
+    never = remove_object(pipe, PROMPT, OBJ, 0, detector=stuck, steps=STEPS, start=START)
+    assert not never.removed and never.outcome == "recoloured"
+    assert never.summary().endswith("the longest window recoloured it in place.")
+
+
+def test_a_detector_outcome_that_is_not_one_is_named(pipe):
+    detector = RecolouringDetector()
+    detector.outcomes = deque(["gone"])
+    with pytest.raises(DetectorError, match=r"RecolouringDetector.outcome returned 'gone'.*expected one of absent"):
+        remove_object(pipe, PROMPT, OBJ, 0, detector=detector, steps=STEPS, start=START)
