@@ -1,17 +1,14 @@
-"""Tiny Stable Diffusion components built from configs (diffusers' own test sizes), offline and on CPU."""
+"""Tiny Stable Diffusion components built from configs (diffusers' own test sizes, `negguide.testing`), offline and
+on CPU."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import StableDiffusionPipeline
 
 from negguide.pipelines import StableDiffusionNegGuidePipeline
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from negguide.testing import sd_components
 
 # Tiny models run fastest on one thread, and one thread keeps a busy machine responsive.
 torch.set_num_threads(1)
@@ -19,62 +16,7 @@ PROMPTS = ["a red circle", "a blue square"]
 
 
 def tiny_components() -> dict:
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=2,
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[4, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=2,
-    )
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            vocab_size=1000,
-        )
-    )
-    tokenizer = CLIPTokenizer.from_pretrained(FIXTURES / "tokenizer")
-    return {
-        "unet": unet,
-        "scheduler": scheduler,
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": tokenizer,
-        "safety_checker": None,
-        "feature_extractor": None,
-        "image_encoder": None,
-        "requires_safety_checker": False,
-    }
+    return sd_components("tiny")
 
 
 @pytest.fixture
