@@ -9,31 +9,31 @@ The embedded model runs at its default settings (64x64, 20 steps, CFG 5) with 4 
 one-layer text encoder and a small VAE (only its scale factor is used: the runs stop at the latents), and
 makes 512x512 images; by default 2 images, one step, no CFG (CFG doubles every row alike), so that a CPU
 can afford it. Each variant (no NegToMe, NegToMe anchored on the first image, NegToMe with the nearest
-other image) runs once to warm up, then ``--runs`` times, the variants alternating. The table holds the
-median wall-clock and CPU seconds per call, their ratios to the run without NegToMe, and the CPU ratio
-projected to a run of which a fifth of the steps lie in NegToMe's window (its default, the paper's SDXL
-window of timesteps 1000 -> 800): ``1 + (ratio - 1) * 0.2 / (share of this run's steps in the window)``.
-CPU time is the steadier measure on a shared machine.
+other image) runs once to warm up, then ``--runs`` times, the variants alternating (`timing.alternating`, on the
+process's CPU time, the steadier measure on a shared machine). The table holds the median CPU seconds per call,
+the ratio to the run without NegToMe, and that ratio projected to a run of which a fifth of the steps lie in
+NegToMe's window (its default, the paper's SDXL window of timesteps 1000 -> 800): ``1 + (ratio - 1) * 0.2 /
+(share of this run's steps in the window)``. ``--store DIR`` says where the run is kept.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
-from pathlib import Path
 
+import record
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from timing import alternating
+from transformers import CLIPTextConfig, CLIPTextModel
 
 import negguide
 from negguide import NegToMe
 from negguide.branches import Step
 from negguide.loading import EMBEDDED_GUIDANCE_SCALE
 from negguide.pipelines import StableDiffusionNegGuidePipeline
+from negguide.testing import clip_tokenizer, ddim
 
-TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tokenizer"
 PROMPT = "a red circle"
 
 
@@ -60,20 +60,12 @@ def sd15_pipeline() -> StableDiffusionNegGuidePipeline:
         latent_channels=4,
         norm_num_groups=8,
     )
-    scheduler = DDIMScheduler(
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
     return StableDiffusionNegGuidePipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER),
-        scheduler=scheduler,
+        tokenizer=clip_tokenizer(),
+        scheduler=ddim(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -92,6 +84,7 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    record.add_store_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -117,33 +110,45 @@ def main() -> None:
         "NegToMe, anchor nearest": NegToMe(anchor="nearest"),
     }
 
-    def timed(name: str) -> tuple[float, float]:
-        generator = [torch.Generator().manual_seed(seed) for seed in range(images)]
-        wall, cpu = time.perf_counter(), time.process_time()
-        pipe(**call, guidance=variants[name], generator=generator)
-        return time.perf_counter() - wall, time.process_time() - cpu
+    def runner(name: str):
+        return lambda _: pipe(
+            **call, guidance=variants[name], generator=[torch.Generator().manual_seed(seed) for seed in range(images)]
+        )
 
-    for name in variants:
-        timed(name)
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    for _ in range(args.runs):
-        for name in variants:
-            times[name].append(timed(name))
+    times = alternating({name: runner(name) for name in variants}, args.runs, clock=time.process_time)
 
     parameters = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
     active = sum(NegToMe().is_active(Step(i, steps, 0.0)) for i in range(steps))
-    print(
-        f"UNet {parameters:.0f}M parameters, {size}x{size}, {images} images of one prompt, {steps} steps ({active} "
-        f"in NegToMe's window), CFG {scale}, {args.threads} thread(s), median of {args.runs} alternating runs after "
-        "warm-up\n"
-    )
-    print("| run | wall s/call | wall ratio | CPU s/call | CPU ratio | CPU ratio, a fifth of the steps in the window |")
-    print("|---|---|---|---|---|---|")
-    base_wall, base_cpu = (statistics.median(values) for values in zip(*times["without NegToMe"]))
-    for name, values in times.items():
-        wall, cpu = (statistics.median(column) for column in zip(*values))
-        projected = 1 + (cpu / base_cpu - 1) * 0.2 * steps / active
-        print(f"| {name} | {wall:.3f} | {wall / base_wall:.3f} | {cpu:.3f} | {cpu / base_cpu:.3f} | {projected:.3f} |")
+    base = times["without NegToMe"].median
+    rows = []
+    for name, timing in times.items():
+        ratio = timing.median / base
+        rows.append([name, timing.median, ratio, 1 + (ratio - 1) * 0.2 * steps / active])
+    model = "sd15-sized-random" if args.sd15 else record.model_identity(args.model)
+    results = {
+        "title": "Cost of NegToMe",
+        "summary": (
+            "NegToMe's diversity mode against the same run without it. The cost is one similarity matmul per "
+            "merged image and hooked layer inside the window, as large as the layer's own attention scores; the "
+            "nearest anchor matches every image against all the others of its prompt. Goal: at most 3% over the "
+            "run without it."
+        ),
+        "tables": [
+            record.table(
+                f"{model}: UNet {parameters:.0f}M parameters, {size}x{size}, {images} images of one prompt, {steps} "
+                f"steps ({active} in NegToMe's window), CFG {scale}, {args.threads} thread(s), median of "
+                f"{args.runs} alternating runs after warm-up, CPU seconds",
+                ["run", "CPU s/call", "ratio", "ratio, a fifth of the steps in the window"],
+                rows,
+                formats=[None, ".3f", ".3f", ".3f"],
+            )
+        ],
+        "timings": {name: timing.to_dict() for name, timing in times.items()},
+    }
+    record.show(results)
+    settings = {"runs": args.runs, "threads": args.threads, "sd15": args.sd15, "size": size, "steps": steps,
+                "images": images, "scale": scale}
+    print(record.save("negtome_cost", settings, results, model=model, folder=args.store))
 
 
 if __name__ == "__main__":
