@@ -2,6 +2,7 @@
 
     python benchmarks/perpneg_quality.py                      # the embedded model, 64 seeds, all cases
     python benchmarks/perpneg_quality.py --model /path/to/model --seeds 4 --per-case   # any SD-style folder
+    python benchmarks/perpneg_quality.py --seeds 8 --weights 1 --modes 's*w' --store DIR   # a quick run
 
 Every negative case of ``negguide.shapes.cases.negative_cases()`` runs over ``--seeds`` seeds (all seeds of a
 case in one pipeline call, one CPU generator per image) with each method:
@@ -18,7 +19,8 @@ circle" counts as removed when the red companion is gone and the red circle stay
 images holding every object the prompt names (``negguide.metrics.judge(...).named``). The table gives
 "removed % / kept %" per method and kind of case (``overlap-colour``, ``overlap-shape``: the negative shares a
 colour or a shape with the prompt; ``attribute``: the negative is part of the prompt; ``contradiction``: the
-negative is the prompt; ``companion``: no overlap); ``--per-case`` adds one row per case.
+negative is the prompt; ``companion``: no overlap); ``--per-case`` adds one row per case. The tables are printed
+and stored (`record.save`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import record
 import torch
 
 import negguide
@@ -96,6 +99,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cases", type=int, default=None, help="only the first N cases (a quick check)")
     parser.add_argument("--per-case", action="store_true", help="also print one row per case")
+    record.add_store_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = negguide.load_pipeline(args.model)
@@ -111,21 +115,38 @@ def main() -> None:
     for (case, name), results in by_case.items():
         by_kind[case.kind, name] += results
     kinds = [kind for kind in KINDS if any(case.kind == kind for case in cases)]
-    print(
-        f"### Perp-Neg on the shapes world: removed % / kept % ({args.seeds} seeds per case, {args.steps} steps, "
-        f"CFG {args.scale})\n"
-    )
-    print("| method | " + " | ".join(f"{kind} ({sum(c.kind == kind for c in cases)})" for kind in kinds) + " |")
-    print("|---" * (len(kinds) + 1) + "|")
-    for name in table:
-        print(f"| {name} | " + " | ".join(cell(by_kind[kind, name]) for kind in kinds) + " |")
+    run = f"{args.seeds} seeds per case, {args.steps} steps, CFG {args.scale}"
+    tables = [
+        record.table(
+            f"Removed % / kept % by kind of case ({run})",
+            ["method", *(f"{kind} ({sum(c.kind == kind for c in cases)})" for kind in kinds)],
+            [[name, *(cell(by_kind[kind, name]) for kind in kinds)] for name in table],
+            note="Removed: no object matches the negative beyond those the prompt names; kept: every object the "
+                 "prompt names is there. Global: one projection over the whole latent (the paper's); local: per "
+                 "latent position. s*w: the weights grow with the guidance scale; w: they do not.",
+        )
+    ]
     if args.per_case:
-        print("\n| kind | prompt | negative | " + " | ".join(table) + " |")
-        print("|---" * (len(table) + 3) + "|")
-        for case in cases:
-            cells = " | ".join(cell(by_case[case, name]) for name in table)
-            print(f"| {case.kind} | {case.prompt} | {case.negative} | {cells} |")
+        tables.append(record.table(
+            f"Removed % / kept % per case ({run})",
+            ["kind", "prompt", "negative", *table],
+            [[case.kind, case.prompt, case.negative, *(cell(by_case[case, name]) for name in table)] for case in cases],
+        ))
+    results = {
+        "title": "Perp-Neg against the standard negative",
+        "summary": (
+            "How often each method removes the negative's object and keeps the prompted ones, per kind of case: the "
+            "negative shares the prompted object's colour or shape (overlap), is part of the prompt (attribute), is "
+            "the prompt (contradiction), or shares nothing with it (companion)."
+        ),
+        "tables": tables,
+    }
+    record.show(results)
     print(f"\n{len(cases) * len(table) * args.seeds} images in {time.perf_counter() - started:.0f} s")
+    settings = {"seeds": args.seeds, "steps": args.steps, "scale": args.scale, "weights": args.weights,
+                "modes": args.modes, "cases": args.cases, "per_case": args.per_case}
+    print(record.save("perpneg_quality", settings, results, model=record.model_identity(args.model),
+                      folder=args.store))
 
 
 if __name__ == "__main__":

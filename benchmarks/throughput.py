@@ -1,7 +1,7 @@
 """Images per second of ``negguide generate``'s batching against a naive loop over the stock diffusers pipeline.
 
     python benchmarks/throughput.py [--model PATH] [--images 16] [--batch-size 8] [--steps 20] [--runs 3]
-                                    [--threads 1]
+                                    [--threads 1] [--store DIR]
 
 One process, one set of loaded weights (the embedded shapes-world model unless ``--model`` names another).
 Both sides make the same images (shapes-world prompts, one seed each, the same negative prompt, steps, scale
@@ -12,24 +12,23 @@ and size) and write them as PNGs:
 * naive: diffusers' stock `StableDiffusionPipeline` (sharing the same weights), called once per image, each
   image saved with ``Image.save``.
 
-After one warm-up of each, the two alternate ``--runs`` times into fresh folders. Prints the median images per
-second of each and their ratio (goal: >= 1.5 at batch 8), and the largest pixel difference between the two
+After one warm-up of each, the two alternate ``--runs`` times into fresh folders (`timing.alternating`). Prints and
+stores the median images per second of each and their ratio (goal: >= 1.5 at batch 8), and the largest pixel difference between the two
 sides' images (batched and single calls differ only by float rounding).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import record
 import torch
 from diffusers import StableDiffusionPipeline
+from timing import alternating
 
 from negguide.generate import (
     Defaults,
@@ -60,6 +59,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", help="default: CUDA when available")
+    record.add_store_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -95,40 +95,53 @@ def main() -> None:
             image.save(out / f"{index:05d}.png")
 
     with tempfile.TemporaryDirectory() as root:
-        folders = iter(Path(root, str(i)) for i in range(2 * args.runs + 2))
-        timed(negguide_run, next(folders), 1)
-        timed(naive_run, next(folders), 1)
-        rates: dict[str, list[float]] = {"negguide": [], "naive": []}
-        last: dict[str, Path] = {}
-        for _ in range(args.runs):
-            for name, run in (("negguide", negguide_run), ("naive", naive_run)):
-                last[name] = next(folders)
-                rates[name].append(timed(run, last[name], len(jobs)))
-        difference = max_difference(jobs, last["negguide"], last["naive"])
 
-    ours, naive = statistics.median(rates["negguide"]), statistics.median(rates["naive"])
-    print("| path | images | batch | steps | threads | runs | median images/s |")
-    print("|---|---|---|---|---|---|---|")
-    print(
-        f"| stock diffusers, one image a call | {len(jobs)} | 1 | {args.steps} | {args.threads} | {args.runs} | "
-        f"{naive:.3f} |"
-    )
-    print(
-        f"| negguide generate | {len(jobs)} | {args.batch_size} | {args.steps} | {args.threads} | {args.runs} | "
-        f"{ours:.3f} |"
-    )
-    print(
-        f"\nmodel {info.name} ({info.width}x{info.height}, {info.sampler}); speed-up {ours / naive:.2f}x; largest "
-        f"pixel difference between the two sides: {difference}"
-    )
+        def runner(name: str, make):
+            def run(round_: int) -> None:
+                folder = Path(root, f"{name}-{round_}")
+                folder.mkdir()
+                make(folder)
 
+            return run
 
-def timed(run: Callable[[Path], None], folder: Path, images: int) -> float:
-    """Images per second of ``run(folder)`` making ``images`` images."""
-    folder.mkdir()
-    start = time.perf_counter()
-    run(folder)
-    return images / (time.perf_counter() - start)
+        times = alternating({"negguide": runner("negguide", negguide_run), "naive": runner("naive", naive_run)},
+                            args.runs)
+        difference = max_difference(jobs, Path(root, f"negguide-{args.runs}"), Path(root, f"naive-{args.runs}"))
+
+    ours, naive = (len(jobs) / times[name].median for name in ("negguide", "naive"))
+    rows = [
+        ["stock diffusers, one image a call", len(jobs), 1, naive],
+        ["negguide generate", len(jobs), args.batch_size, ours],
+    ]
+    results = {
+        "title": "Throughput of the batch command",
+        "summary": (
+            "Images per second of `negguide generate`'s batching against a loop calling the stock "
+            "StableDiffusionPipeline one image at a time, same weights and settings, both writing PNGs, one process "
+            "(goal: at least 1.5 times at batch 8)."
+        ),
+        "tables": [
+            record.table(
+                f"{info.name}, {info.width}x{info.height}, {args.steps} steps, {args.threads} thread(s), median of "
+                f"{args.runs} alternating runs after warm-up",
+                ["path", "images", "batch", "median images/s"],
+                rows,
+                formats=[None, "d", "d", ".3f"],
+            ),
+            record.table(
+                "Speed-up and agreement",
+                ["speed-up", "largest pixel difference (0-255)"],
+                [[ours / naive, difference]],
+                formats=[".2f", "d"],
+                note="Batched and single calls differ only by float rounding.",
+            ),
+        ],
+        "timings": {name: timing.to_dict() for name, timing in times.items()},
+    }
+    record.show(results)
+    settings = {"images": args.images, "batch_size": args.batch_size, "steps": args.steps,
+                "guidance_scale": args.guidance_scale, "runs": args.runs, "threads": args.threads}
+    print(record.save("throughput", settings, results, model=record.model_identity(args.model), folder=args.store))
 
 
 def max_difference(jobs: list[Job], ours: Path, naive: Path) -> int:
