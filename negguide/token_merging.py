@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import torch
 
+SIMILARITY_BYTES = 2**26
+"""The most memory one block of similarities may take (64 MiB): `best_matches` works through the tokens in
+blocks of this size, so its memory stays bounded at any token count (4,096 tokens per image at SDXL's 1024 px
+up blocks would need 64 MiB per image and reference frame at once)."""
+
 
 def best_matches(
-    tokens: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | None = None
+    tokens: torch.Tensor,
+    reference: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    block_bytes: int = SIMILARITY_BYTES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Each token's most similar reference token, by cosine similarity (the paper's matching).
 
     ``S[i, j] = cos(x_i, r_j)``, ``j*_i = argmax_j S[i, j]``, ``m_i = S[i, j*_i]``: the maximum runs over the
     *reference* tokens, one match per output token (the official code reduces over the output tokens
-    instead, which pairs each position with an unrelated reference token). Similarities are computed in
-    fp32; ``m`` is clamped to at most 1, so that ``threshold = 1`` merges nothing despite rounding.
+    instead, which pairs each position with an unrelated reference token). Similarities are computed in the
+    activations' dtype, a block of tokens at a time (at most ``block_bytes`` of similarities at once), and
+    only each token's best match is kept; ``m`` is returned in fp32, clamped to at most 1, so that
+    ``threshold = 1`` merges nothing despite rounding.
 
     Args:
         tokens (`torch.Tensor`): ``x``, shape ``(B, N, C)``.
@@ -26,18 +36,24 @@ def best_matches(
             ``b`` of ``reference`` only.
         mask (`torch.Tensor`, *optional*): boolean, shape ``(M,)`` or ``(B, M)``: the reference tokens that may
             be matched. A token with no allowed match gets ``m_i = -inf``.
+        block_bytes (`int`, defaults to `SIMILARITY_BYTES`): the memory of one block of similarities.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: ``m`` (fp32, shape ``(B, N)``) and ``j*`` (int64, ``(B, N)``).
     """
-    x = torch.nn.functional.normalize(tokens.float(), dim=-1)
-    r = torch.nn.functional.normalize(reference.float(), dim=-1)
-    similarity = torch.bmm(x, r.transpose(1, 2))  # (B, N, M)
-    if mask is not None:
-        allowed = mask.to(device=similarity.device, dtype=torch.bool)
-        similarity = similarity.masked_fill(~allowed.view(-1, 1, allowed.shape[-1]), float("-inf"))
-    best, index = similarity.max(dim=-1)
-    return best.clamp_(max=1.0), index
+    x = torch.nn.functional.normalize(tokens, dim=-1)
+    r = torch.nn.functional.normalize(reference, dim=-1).transpose(1, 2)  # (B, C, M)
+    allowed = None if mask is None else mask.to(device=tokens.device, dtype=torch.bool).view(-1, 1, r.shape[-1])
+    rows_per_block = max(1, block_bytes // (len(x) * r.shape[-1] * x.element_size()))
+    best, index = [], []
+    for start in range(0, x.shape[1], rows_per_block):
+        similarity = torch.bmm(x[:, start : start + rows_per_block], r)  # (B, block, M)
+        if allowed is not None:
+            similarity = similarity.masked_fill(~allowed, float("-inf"))
+        block_best, block_index = similarity.max(dim=-1)
+        best.append(block_best.float())
+        index.append(block_index)
+    return torch.cat(best, dim=1).clamp_(max=1.0), torch.cat(index, dim=1)
 
 
 def negtome_merge(
