@@ -3,6 +3,7 @@
     python benchmarks/negative_timing.py                                      # the embedded model, 64 seeds
     python benchmarks/negative_timing.py --model /path/to/model --seeds 8 --steps 8      # a quick check
     python benchmarks/negative_timing.py --out out/timing     # also the mean analysis curve as CSV and PNG
+    python benchmarks/negative_timing.py --seeds 12 --store DIR                         # a quick run, stored elsewhere
 
 Image ``i`` (``i < --seeds``) has seed ``i`` and the companion case ``i mod K`` of
 ``negguide.shapes.cases.negative_cases()``: the kinds ``companion``, ``overlap-colour`` and ``overlap-shape``,
@@ -25,6 +26,8 @@ the *plain* image has no negative, and the object's *box* is that of the compani
 3. Adaptive removal (``negguide.remove_objects``, start 0.2, the linear scan of the paper and a bisection)
    against the negative on every step: success (removed), kept, change outside the box, trials per image,
    and how often bisection picks the linear scan's window.
+
+The tables and the mean analysis curves are printed and stored (`record.save`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import record
 import torch
 
 import negguide
@@ -102,14 +106,6 @@ def window_cells(
     return [percent(removed), percent(prompt_kept), mean(change)]
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|---" * len(header) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(cell) for cell in row) + " |")
-    print()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
@@ -119,6 +115,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=None, help="only the first N companion cases")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="folder for the mean analysis curve (analysis.csv, .png)")
+    record.add_store_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = negguide.load_pipeline(args.model)
@@ -128,7 +125,6 @@ def main() -> None:
     prompts = [cases[i % len(cases)].prompt for i in seeds]
     negatives = [cases[i % len(cases)].negative for i in seeds]
     has = ShapesDetector()
-    started = time.perf_counter()
     timings: dict[str, float] = {}
 
     clock = time.perf_counter()
@@ -163,51 +159,54 @@ def main() -> None:
     timings["analysis"] = time.perf_counter() - clock
 
     kinds = sorted({case.kind for case in cases})
-    print(
-        f"### When negatives take effect ({args.seeds} seeds over {len(cases)} companion cases ({', '.join(kinds)}), "
-        f"{args.steps} steps, CFG {args.scale}; the plain image holds the companion in {len(present)})\n"
+    run = (
+        f"{args.seeds} seeds over {len(cases)} companion cases ({', '.join(kinds)}), {args.steps} steps, CFG "
+        f"{args.scale}; the plain image holds the companion in {len(present)}"
     )
-    print("#### Delayed effect: the negative on [start, 1), images whose plain image holds the companion\n")
+    tables = []
     rows = [["none (plain)", "0%", percent([kept(linear[i].plain_image, prompts[i]) for i in present]), "0"]]
     for start in STARTS:
         rows.append([f"{start:g}", *window_cells(images[start], present, linear, prompts, negatives)])
-    print_table(["start", "removed", "kept", "change outside box"], rows)
+    tables.append(record.table(
+        f"Delayed effect: the negative on [start, 1), images whose plain image holds the companion ({run})",
+        ["start", "removed", "kept", "change outside box"],
+        rows,
+        note="Kept: the prompt's object is still there; change: mean absolute pixel change outside the companion's "
+             "box grown by 2 px, pixels in [0, 1].",
+    ))
 
-    print("#### Onset in the analysis curve (the prompt's own run, the negative measured alongside)\n")
     groups = {"all": curve}
     if present:
         groups["with companion"] = curve.select(present)
     if absent:
         groups["without"] = curve.select(absent)
     shown = [(metric, name) for metric in curve.metrics for name in groups if metric in RISING or name == "all"]
-    header = ["step", "fraction"] + [f"{metric} ({name})" for metric, name in shown]
-    columns = [groups[name].mean(metric) for metric, name in shown]
-    table = [
-        [step, f"{step / curve.num_steps:.2f}"] + [f"{column[step]:.4f}" for column in columns]
-        for step in range(curve.num_steps)
-    ]
-    print_table(header, table)
+    series = {f"{metric} ({name})": [float(value) for value in groups[name].mean(metric)] for metric, name in shown}
+    onsets = []
     for metric in [metric for metric in curve.metrics if metric in RISING]:
-        onsets = ", ".join(f"{name}: step {group.onset(metric)}" for name, group in groups.items())
-        print(f"- {metric}, first step at half the mean curve's range: {onsets}")
+        for name, group in groups.items():
+            onsets.append([metric, name, "mean curve", group.onset(metric), None])
         if present and absent:
             gap = groups["with companion"].mean(metric) - groups["without"].mean(metric)
-            step = onset_step(gap)
-            print(
-                f"- {metric}, images with the companion minus those without: largest {gap.max():.4f} at step "
-                f"{int(gap.argmax())}; first at half its range at step {step} ({step / curve.num_steps:.2f} of the run)"
-            )
-    print()
+            onsets.append([metric, "with companion minus without", "gap", onset_step(gap), float(gap.max())])
+    tables.append(record.table(
+        "Onset in the analysis curve (the prompt's own run, the negative measured alongside)",
+        ["measure", "images", "curve", "first step at half its range", "largest value"],
+        onsets,
+        formats=[None, None, None, "d", ".4f"],
+        note="The norm of e_n - e_u grows and shrinks with the noise level along any run; the cosine with the "
+             "prompt's direction and the attention mass of the negative's tokens mark when the negative acts.",
+    ))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         print(f"wrote {curve.to_csv(out / 'analysis.csv')} and {curve.plot(out / 'analysis.png')}\n")
 
-    print("#### Reverse activation: the companion appears where the plain image lacks it\n")
     rows = [[f"{start:g}", percent([has(images[start][i], negatives[i]) for i in absent])] for start in STARTS]
-    print_table(["start", "companion appears"], rows)
+    tables.append(record.table(
+        "Reverse activation: the companion appears where the plain image lacks it", ["start", "companion appears"], rows
+    ))
 
-    print("#### Adaptive removal against the negative on every step (images whose plain image holds it)\n")
     rows = []
     for start in (0.0, ADAPTIVE_START):
         cells = window_cells(images[start], present, linear, prompts, negatives)
@@ -225,11 +224,39 @@ def main() -> None:
                 mean(lengths, 2),
             ]
         )
-    print_table(["method", "removed", "kept", "change outside box", "trials per image", "window (steps)"], rows)
     same = [chosen[i].window == linear[i].window for i in present]
-    print(f"- bisection picks the linear scan's window in {percent(same)} of the images")
-    spent = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
-    print(f"- time: {time.perf_counter() - started:.0f} s ({spent})")
+    tables.append(record.table(
+        "Adaptive removal against the negative on every step (images whose plain image holds the companion)",
+        ["method", "removed", "kept", "change outside box", "trials per image", "window (steps)"],
+        rows,
+    ))
+    tables.append(record.table(
+        "Bisection against the linear scan", ["bisection picks the linear scan's window"], [[percent(same)]]
+    ))
+    results = {
+        "title": "When negatives take effect",
+        "summary": (
+            "The delayed negative (Ban et al., arXiv 2406.02965) on the shapes world: what a negative starting later "
+            "removes and changes, when its influence shows in the per-step analysis, how often it draws its own "
+            "object, and adaptive removal against the negative on every step."
+        ),
+        "tables": tables,
+        "figures": [
+            {
+                "title": "Per-step means of the analysis curves",
+                "kind": "line",
+                "x": list(range(curve.num_steps)),
+                "series": series,
+                "xlabel": "step",
+                "ylabel": "value",
+            }
+        ],
+        "seconds": {name: round(seconds, 1) for name, seconds in timings.items()},
+    }
+    record.show(results)
+    settings = {"seeds": args.seeds, "steps": args.steps, "scale": args.scale, "cases": args.cases}
+    print(record.save("negative_timing", settings, results, model=record.model_identity(args.model),
+                      folder=args.store))
 
 
 if __name__ == "__main__":
