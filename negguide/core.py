@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 
 import torch
 
 from negguide.branches import COND, Blend, Branch, CallInfo, EmbedsRef, EncoderTexts, Step, Text, TextKey
 from negguide.checks import unit_interval
+from negguide.image_conditions import ImageConditions
 from negguide.layout import BatchLayout, ExtraRow
 from negguide.modules.base import PatchContext, PatchState
 from negguide.modules.resolve import GuidanceArg, patcher_claims_negative_prompt, resolve_guidance
-from negguide.postprocess import GuidanceRescale, PostCombine
+from negguide.postprocess import GuidanceRescale, PostCombine, Refinement
 
 Fields = dict[str, torch.Tensor]
 Encoder = Callable[[list[Text]], Fields]
@@ -66,6 +67,14 @@ class ConditionTable:
         """The fields of ``keys``, stacked row by row."""
         self.prefetch(keys)
         rows = [self._rows[key] for key in keys]
+        for name in rows[0]:
+            shapes = sorted({tuple(row[name].shape[1:]) for row in rows})
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"The text conditions evaluated together have different shapes of `{name}`: {shapes}. Caller-given "
+                    "embeddings (`prompt_embeds`, `negative_prompt_embeds`) must match each other and the encoded "
+                    "texts of the call (e.g. the same `max_sequence_length`)."
+                )
         return {name: torch.cat([row[name] for row in rows]) for name in rows[0]}
 
 
@@ -85,6 +94,12 @@ class Guide:
         negative_prompt: the call's ``negative_prompt``, for modules built from a registry name.
         guidance_rescale (`float`): the call's ``guidance_rescale``; a combiner's own non-zero value wins, and
             two different non-zero values are an error.
+        image_conditions (`ImageConditions`, *optional*): per-image conditioning fields (IP-Adapter image
+            embeddings, SDXL time ids): the ``cond`` rows take the positive ones, every other row the negative.
+        refinements (*optional*): `Refinement` steps run after the post-combine chain, each with one more network
+            evaluation of the prompt's rows (SD3's skip-layer guidance).
+        forward_context (*optional*): ``forward_context(layout)``: a context entered around every network
+            evaluation, given the layout of its rows (a transformer's ``cache_context``, one per batched call).
     """
 
     def __init__(
@@ -97,6 +112,9 @@ class Guide:
         given: Mapping[TextKey, Fields] | None = None,
         negative_prompt: str | list[str] | None = None,
         guidance_rescale: float = 0.0,
+        image_conditions: ImageConditions | None = None,
+        refinements: Sequence[Refinement] = (),
+        forward_context: Callable[[BatchLayout], AbstractContextManager] | None = None,
     ) -> None:
         self.combiner, self.patchers = resolve_guidance(guidance, negative_prompt)
         self.negative_claimed = patcher_claims_negative_prompt(guidance) and negative_prompt is not None
@@ -111,6 +129,9 @@ class Guide:
         self._plan = tuple(self._checked(self.combiner.branches(call, step)) for step in self.steps)
         self._patcher_texts = tuple(text for patcher in self.patchers for text in patcher.texts(call))
         self.conditions = ConditionTable(encode, given)
+        self.image_conditions = image_conditions
+        self.refinements = tuple(refinements)
+        self._forward_context = forward_context or (lambda layout: nullcontext())
         self._batches: dict[tuple[Branch, ...], tuple[BatchLayout, Fields]] = {}
         self._states: list[PatchState] = []
 
@@ -171,7 +192,10 @@ class Guide:
             [branch.name for branch in branches], self.call.num_images, self.call.num_images_per_prompt, extra
         )
         texts = {branch.name: branch.texts for branch in branches}
-        batch = layout, self.conditions.rows([texts[row.branch][row.prompt] for row in layout.rows])
+        fields = self.conditions.rows([texts[row.branch][row.prompt] for row in layout.rows])
+        if self.image_conditions is not None:
+            fields.update(self.image_conditions.rows(layout, self.call.num_images_per_prompt))
+        batch = layout, fields
         if not extra:
             self._batches[branches] = batch
         return batch
@@ -223,9 +247,24 @@ class Guide:
         if not guided:
             return preds[COND]
         pred = self.combiner.combine(preds, self.call, step, guidance_scale)
+        if not torch.isfinite(pred).all():
+            raise ValueError(
+                f"The guided prediction of step {index} is not finite (guidance scale {guidance_scale}, "
+                f"{type(self.combiner).__name__}): a scale or weight overflows the network's dtype; use smaller ones."
+            )
         for post in self.post_combine:
             pred = post(pred, preds, step)
+        for refine in self.refinements:
+            pred = refine(pred, preds, step, lambda network: self._rerun_cond(step, layout, latents, fields, network))
         return pred
+
+    def _rerun_cond(
+        self, step: Step, layout: BatchLayout, latents: torch.Tensor, fields: Fields, denoise: Denoiser
+    ) -> torch.Tensor:
+        """``denoise`` on the ``cond`` branch's image rows alone, as one more evaluation the patchers see."""
+        rows = layout.image_rows(COND)
+        cond = BatchLayout(layout.rows[rows])
+        return self._forward(step, cond, latents, {name: t[rows] for name, t in fields.items()}, denoise)
 
     def _forward(
         self, step: Step, layout: BatchLayout, rows: torch.Tensor, fields: Fields, denoise: Denoiser
@@ -234,7 +273,8 @@ class Guide:
         for chunk in layout.chunks(self.combiner.max_rows):
             for state in self._states:
                 state.before_forward(step, layout[chunk])
-            outputs.append(denoise(rows[chunk], {name: t[chunk] for name, t in fields.items()}))
+            with self._forward_context(layout[chunk]):
+                outputs.append(denoise(rows[chunk], {name: t[chunk] for name, t in fields.items()}))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 

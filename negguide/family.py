@@ -1,12 +1,12 @@
-"""What the SDXL, SD3 and Flux pipelines share around the per-step core (`negguide.core`): the call's texts
-per text encoder, caller-given embeddings, the patched denoising loop, and the latent helpers of the
-flow-matching families (SD3, Flux)."""
+"""What the pipelines share around the per-step core (`negguide.core`): the call's texts per text encoder,
+caller-given embeddings, IP-Adapter image embeddings, the patched denoising loop with diffusers' cache contexts,
+and the latent helpers of the flow-matching families (SD3, Flux)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 import PIL.Image
@@ -18,7 +18,9 @@ from diffusers.utils.torch_utils import get_module_execution_device
 
 from negguide.branches import CallInfo, EncoderTexts, Step, Text, TextKey
 from negguide.core import Denoiser, Fields, Guide, embeds_conditions
+from negguide.image_conditions import ImageConditions, adapter_fields, per_image
 from negguide.image_tokens import image_token_outputs
+from negguide.layout import BatchLayout
 from negguide.modules.base import PatchContext
 
 Callback = Callable[..., dict] | PipelineCallback | MultiPipelineCallbacks
@@ -159,9 +161,12 @@ def denoising_loop(
         for i, t in enumerate(timesteps):
             if pipe.interrupt:
                 continue
+            pipe._current_timestep = t
             scale, guided = guidance()
             prediction = guide.predict(i, latents, denoiser(t), scale, guided)
-            latents = pipe.scheduler.step(prediction, t, latents, **(step_kwargs or {}), return_dict=False)[0]
+            latents = pipe.scheduler.step(
+                model_output=prediction, timestep=t, sample=latents, **(step_kwargs or {}), return_dict=False
+            )[0]
             if callback is not None:
                 available = callback_tensors(latents, *guide.callback_fields(i, guided))
                 latents = callback(pipe, i, t, {name: available[name] for name in callback_names}).pop(
@@ -169,7 +174,60 @@ def denoising_loop(
                 )
             if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % pipe.scheduler.order == 0):
                 progress_bar.update()
+    pipe._current_timestep = None
     return latents
+
+
+def cache_contexts(network: torch.nn.Module) -> Callable[[BatchLayout], AbstractContextManager] | None:
+    """The `Guide` ``forward_context`` of a network with diffusers' cache hooks (`CacheMixin`: FirstBlockCache,
+    TaylorSeer, FasterCache, ...): each batched evaluation runs in the cache context named after its branches in
+    row order (``"cond"``; ``"uncond+cond"`` when the negative is batched with the prompt). The stock pipelines
+    run one context per branch (``"cond"``, ``"uncond"``); here all branches of a step share one evaluation, so a
+    cache decides for all of them at once. ``None`` for networks without cache contexts."""
+    if not hasattr(network, "cache_context"):
+        return None
+    return lambda layout: network.cache_context("+".join(layout.branches))
+
+
+def ip_adapter_conditions(
+    pipe: DiffusionPipeline,
+    ip_adapter_image: Any,
+    ip_adapter_image_embeds: Any,
+    *,
+    call: CallInfo,
+    guided: bool,
+    device: torch.device,
+    field: str,
+) -> ImageConditions | None:
+    """IP-Adapter image embeddings of a family whose stock pipeline pairs them for CFG (SD, SDXL, SD3): the stock
+    ``prepare_ip_adapter_image_embeds`` with ``do_classifier_free_guidance=guided`` gives each adapter's
+    ``[negative; positive]`` (the negative is zeros, or the first half of given embeddings, as in diffusers). The
+    prompt's branch takes the positive embeddings, every other branch the negative ones (zeros without guidance).
+
+    Args:
+        pipe: the pipeline (`IPAdapterMixin` or `SD3IPAdapterMixin`).
+        ip_adapter_image, ip_adapter_image_embeds: the call's arguments.
+        call (`CallInfo`): the call's batch sizes.
+        guided (`bool`): whether the call starts with guidance on.
+        device (`torch.device`): the execution device.
+        field (`str`): the prefix of the fields (`adapter_fields`).
+    """
+    if ip_adapter_image is None and ip_adapter_image_embeds is None:
+        return None
+    embeds = pipe.prepare_ip_adapter_image_embeds(
+        ip_adapter_image=ip_adapter_image,
+        ip_adapter_image_embeds=ip_adapter_image_embeds,
+        device=device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=guided,
+    )
+    argument = "ip_adapter_image_embeds" if ip_adapter_image_embeds is not None else "ip_adapter_image"
+    positive, negative = [], []
+    for tensor in [embeds] if isinstance(embeds, torch.Tensor) else embeds:
+        uncond, cond = tensor.chunk(2) if guided else (torch.zeros_like(tensor), tensor)
+        positive.append(per_image(cond, call.num_images, call.num_prompts, argument))
+        negative.append(per_image(uncond, call.num_images, call.num_prompts, argument))
+    return ImageConditions(adapter_fields(field, positive), adapter_fields(field, negative))
 
 
 def true_cfg(negative: bool, true_cfg_scale: float) -> bool:
@@ -191,11 +249,11 @@ def flow_shift(pipe: DiffusionPipeline, image_seq_len: int, default_max_shift: f
     `calculate_shift`; the default ``max_shift`` differs between families)."""
     config = pipe.scheduler.config
     return calculate_shift(
-        image_seq_len,
-        config.get("base_image_seq_len", 256),
-        config.get("max_image_seq_len", 4096),
-        config.get("base_shift", 0.5),
-        config.get("max_shift", default_max_shift),
+        image_seq_len=image_seq_len,
+        base_seq_len=config.get("base_image_seq_len", 256),
+        max_seq_len=config.get("max_image_seq_len", 4096),
+        base_shift=config.get("base_shift", 0.5),
+        max_shift=config.get("max_shift", default_max_shift),
     )
 
 
@@ -212,15 +270,15 @@ def flow_patch_context(
     network = pipe.transformer
 
     def encode_image(image: PIL.Image.Image) -> torch.Tensor:
-        pixels = pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
+        pixels = pipe.image_processor.preprocess(image=image.convert("RGB"), height=height, width=width)
         pixels = pixels.to(device=get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
-        latents = pipe.vae.encode(pixels).latent_dist.mode()
+        latents = pipe.vae.encode(x=pixels).latent_dist.mode()
         latents = (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
         latents = latents.to(device=pipe._execution_device, dtype=network.dtype)
         return (latents if pack is None else pack(latents))[0]
 
     def add_noise(latents: torch.Tensor, noise: torch.Tensor, step: Step) -> torch.Tensor:
-        return pipe.scheduler.scale_noise(latents, timesteps[step.index : step.index + 1], noise)
+        return pipe.scheduler.scale_noise(sample=latents, timestep=timesteps[step.index : step.index + 1], noise=noise)
 
     return PatchContext(tuple(latent_shape), encode_image, add_noise)
 
@@ -230,5 +288,5 @@ def decode_flow_latents(pipe: DiffusionPipeline, latents: torch.Tensor, output_t
     if output_type == "latent":
         return latents
     latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-    image = pipe.vae.decode(latents.to(get_module_execution_device(pipe.vae)), return_dict=False)[0]
-    return pipe.image_processor.postprocess(image, output_type=output_type)
+    image = pipe.vae.decode(z=latents.to(get_module_execution_device(pipe.vae)), return_dict=False)[0]
+    return pipe.image_processor.postprocess(image=image, output_type=output_type)

@@ -13,13 +13,16 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import FluxPipeline
+from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 
-from negguide.branches import Text
+from negguide import checks
+from negguide.branches import CallInfo, Text
 from negguide.core import Denoiser, Fields, Guide
 from negguide.family import (
     Callback,
+    cache_contexts,
     call_info,
     callback_inputs,
     decode_flow_latents,
@@ -31,6 +34,7 @@ from negguide.family import (
     patched,
     true_cfg,
 )
+from negguide.image_conditions import ImageConditions, adapter_fields, adapter_list, per_image
 from negguide.modules.resolve import GuidanceArg
 
 
@@ -65,6 +69,10 @@ class FluxNegGuidePipeline(FluxPipeline):
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: PipelineImageInput | None = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
+        negative_ip_adapter_image: PipelineImageInput | None = None,
+        negative_ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
@@ -91,26 +99,35 @@ class FluxNegGuidePipeline(FluxPipeline):
         ``""``, negative embeddings, or a module's own negatives), as in the stock pipeline; a negative with
         ``true_cfg_scale <= 1`` raises a ValueError instead of being ignored.
 
+        IP-Adapter image embeddings condition the prompt's branch; every other branch (the empty-prompt baseline,
+        negatives, Perp-Neg's rows) takes the negative ones: ``negative_ip_adapter_image(_embeds)``, by default the
+        embeddings of a black image, as in diffusers.
+
         Differences from the stock pipeline:
 
         * a single string ``negative_prompt`` serves a list of prompts; ``prompt_2`` and ``negative_prompt_2``
           lists must hold one text per prompt, and a ``negative_prompt_2`` alone is a negative too;
-        * the branches of a step run in one batched forward instead of one forward each;
+        * numeric arguments are checked before any network runs (steps, scales, sizes, generators);
+        * the branches of a step run in one batched forward instead of one forward each; diffusers' cache hooks
+          (FirstBlockCache, TaylorSeer, ...) therefore see one cache context per batched call (``"cond"``, or
+          ``"uncond+cond"`` with a negative) where the stock pipeline has one per branch (``"cond"``, ``"uncond"``):
+          a cache decides for all branches of a step at once;
         * step-end callbacks see the conditioning rows of the step's batch, in batch order; embeddings they
           return are not used, while ``latents`` changes are honoured;
-        * IP-Adapter inputs are not supported; Perp-Neg's ``patch_size`` needs unpacked latents and is refused.
+        * Perp-Neg's ``patch_size`` needs unpacked latents and is refused.
 
         Returns:
             `FluxPipelineOutput` or ``(images,)``.
         """
         callback_names = callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
+        default_size = self.default_sample_size * self.vae_scale_factor
+        height = checks.positive_int(default_size if height is None else height, "height")
+        width = checks.positive_int(default_size if width is None else width, "width")
         self.check_inputs(
-            prompt,
-            prompt_2,
-            height,
-            width,
+            prompt=prompt,
+            prompt_2=prompt_2,
+            height=height,
+            width=width,
             negative_prompt=negative_prompt,
             negative_prompt_2=negative_prompt_2,
             prompt_embeds=prompt_embeds,
@@ -133,16 +150,29 @@ class FluxNegGuidePipeline(FluxPipeline):
             negative_prompt_embeds,
             num_images_per_prompt,
         )
+        checks.call_numbers(
+            num_inference_steps=num_inference_steps,
+            scales={"guidance_scale": guidance_scale, "true_cfg_scale": true_cfg_scale},
+            generator=generator,
+            num_images=call.num_images,
+        )
         num_channels = self.transformer.config.in_channels // 4
         latents, image_ids = self.prepare_latents(
-            call.num_images, num_channels, height, width, dtype, device, generator, latents
+            batch_size=call.num_images,
+            num_channels_latents=num_channels,
+            height=height,
+            width=width,
+            dtype=dtype,
+            device=device,
+            generator=generator,
+            latents=latents,
         )
         if sigmas is None and not self.scheduler.config.get("use_flow_sigmas", False):
             sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
         timesteps, num_inference_steps = retrieve_timesteps(
-            self.scheduler,
-            num_inference_steps,
-            device,
+            scheduler=self.scheduler,
+            num_inference_steps=num_inference_steps,
+            device=device,
             sigmas=sigmas,
             mu=flow_shift(self, latents.shape[1], default_max_shift=1.15),
         )
@@ -162,8 +192,24 @@ class FluxNegGuidePipeline(FluxPipeline):
             encode=self._text_encoding(device, max_sequence_length),
             given=given,
             negative_prompt=negative_prompt,
+            forward_context=cache_contexts(self.transformer),
         )
         guided = true_cfg(guide.has_negative(negative_prompt, negative_prompt_embeds), true_cfg_scale)
+        given_both = prompt_embeds is not None and negative_prompt_embeds is not None
+        if guided and given_both and prompt_embeds.shape != negative_prompt_embeds.shape:
+            raise ValueError(
+                "`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed directly, but got: "
+                f"`prompt_embeds` {tuple(prompt_embeds.shape)} != `negative_prompt_embeds` "
+                f"{tuple(negative_prompt_embeds.shape)}."
+            )
+        guide.image_conditions = self._ip_adapter_conditions(
+            (ip_adapter_image, ip_adapter_image_embeds),
+            (negative_ip_adapter_image, negative_ip_adapter_image_embeds),
+            call=call,
+            height=height,
+            width=width,
+            device=device,
+        )
         embedded = None
         if self.transformer.config.guidance_embeds:
             embedded = torch.full([1], guidance_scale, device=device, dtype=torch.float32)
@@ -177,7 +223,13 @@ class FluxNegGuidePipeline(FluxPipeline):
             height,
             width,
             timesteps,
-            pack=lambda clean: self._pack_latents(clean, *clean.shape),
+            pack=lambda clean: self._pack_latents(
+                latents=clean,
+                batch_size=clean.shape[0],
+                num_channels_latents=clean.shape[1],
+                height=clean.shape[2],
+                width=clean.shape[3],
+            ),
         )
         with patched(guide, self.transformer, context, latents.shape[1]):
             latents = denoising_loop(
@@ -197,12 +249,42 @@ class FluxNegGuidePipeline(FluxPipeline):
             )
 
         if output_type != "latent":
-            latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)
+            latents = self._unpack_latents(
+                latents=latents, height=height, width=width, vae_scale_factor=self.vae_scale_factor
+            )
         image = decode_flow_latents(self, latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (image,)
         return FluxPipelineOutput(images=image)
+
+    def _ip_adapter_conditions(
+        self,
+        positive: tuple[PipelineImageInput | None, list[torch.Tensor] | None],
+        negative: tuple[PipelineImageInput | None, list[torch.Tensor] | None],
+        *,
+        call: CallInfo,
+        height: int,
+        width: int,
+        device: torch.device,
+    ) -> ImageConditions | None:
+        """IP-Adapter image embeddings, as the stock pipeline makes them: each of ``(image, embeds)`` and its negative
+        left out while the other is given is a black image per adapter. The prompt's branch takes the positive
+        embeddings, every other branch the negative ones."""
+        if positive == (None, None) and negative == (None, None):
+            return None
+        black = [np.zeros((width, height, 3), dtype=np.uint8)] * self.transformer.encoder_hid_proj.num_ip_adapters
+        fields = []
+        for (image, embeds), prefix in ((positive, "ip_adapter"), (negative, "negative_ip_adapter")):
+            if image is None and embeds is None:
+                image = black
+            tensors = self.prepare_ip_adapter_image_embeds(
+                ip_adapter_image=image, ip_adapter_image_embeds=embeds, device=device, num_images_per_prompt=1
+            )
+            argument = f"{prefix}_image_embeds" if embeds is not None else f"{prefix}_image"
+            per_images = [per_image(t, call.num_images, call.num_prompts, argument) for t in tensors]
+            fields.append(adapter_fields("ip_adapter_image_embeds", per_images))
+        return ImageConditions(*fields)
 
     def _text_encoding(self, device: torch.device, max_sequence_length: int) -> Callable[[list[Text]], Fields]:
         """The call's text encoder: diffusers' `encode_prompt` with CLIP (pooled) and T5 (per token)."""
@@ -211,7 +293,11 @@ class FluxNegGuidePipeline(FluxPipeline):
         def encode(texts: list[Text]) -> Fields:
             prompt, prompt_2 = encoder_columns(texts, 2)
             embeds, pooled, _ = self.encode_prompt(
-                prompt, prompt_2, device=device, max_sequence_length=max_sequence_length, lora_scale=lora_scale
+                prompt=prompt,
+                prompt_2=prompt_2,
+                device=device,
+                max_sequence_length=max_sequence_length,
+                lora_scale=lora_scale,
             )
             return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
@@ -224,6 +310,10 @@ class FluxNegGuidePipeline(FluxPipeline):
         def at(t: torch.Tensor) -> Denoiser:
             def denoise(rows: torch.Tensor, fields: Fields) -> torch.Tensor:
                 text = fields["encoder_hidden_states"]
+                image_embeds = adapter_list(fields, "ip_adapter_image_embeds")
+                attention_kwargs = dict(self.joint_attention_kwargs or {})
+                if image_embeds is not None:
+                    attention_kwargs["ip_adapter_image_embeds"] = image_embeds
                 return self.transformer(
                     hidden_states=rows,
                     timestep=t.expand(len(rows)).to(rows.dtype) / 1000,
@@ -232,11 +322,10 @@ class FluxNegGuidePipeline(FluxPipeline):
                     encoder_hidden_states=text,
                     txt_ids=torch.zeros(text.shape[1], 3, device=text.device, dtype=image_ids.dtype),
                     img_ids=image_ids,
-                    joint_attention_kwargs=self.joint_attention_kwargs,
+                    joint_attention_kwargs=attention_kwargs,
                     return_dict=False,
                 )[0]
 
             return denoise
 
         return at
-

@@ -15,12 +15,23 @@ from typing import Any
 import PIL.Image
 import torch
 from diffusers import StableDiffusionPipeline
+from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 
+from negguide import checks
 from negguide.branches import CallInfo, Step, TextKey
 from negguide.core import Fields, Guide, embeds_conditions
-from negguide.family import Callback, callback_inputs, denoising_loop, patched, true_cfg
+from negguide.family import (
+    Callback,
+    cache_contexts,
+    callback_inputs,
+    denoising_loop,
+    ip_adapter_conditions,
+    patched,
+    true_cfg,
+)
+from negguide.image_conditions import adapter_list
 from negguide.modules.base import PatchContext
 from negguide.modules.resolve import GuidanceArg
 
@@ -49,6 +60,8 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: PipelineImageInput | None = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -74,32 +87,42 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
                 any number of patchers, or a registry name (``"negative_prompts"``, ``"nag"``) that builds the
                 module from ``negative_prompt``. ``None`` is diffusers' standard guidance, output for output.
 
+        IP-Adapter inputs condition every branch: the prompt's branch takes the image embeddings, every other
+        branch (the empty-prompt baseline, negatives, Perp-Neg's rows) the negative ones (zeros, or the first half
+        of ``ip_adapter_image_embeds`` given for CFG, as in diffusers).
+
         Differences from the stock pipeline:
 
         * a single string ``negative_prompt`` serves a list of prompts;
+        * numeric arguments are checked before any network runs (steps, scales, sizes, generators);
         * ``clip_skip`` applies to every text (diffusers applies it to the prompt only);
         * ``prompt_embeds`` in ``callback_on_step_end`` holds the text rows of the step's batch, in batch
           order, as in diffusers; embeddings a callback returns are not used (each step's batch is rebuilt
           from its branches), while ``latents`` and ``pipe._guidance_scale`` changes are honoured;
-        * on a guidance-distilled UNet a negative is refused without ``true_cfg_scale`` (stock ignores it);
-        * IP-Adapter inputs are not supported.
+        * on a guidance-distilled UNet a negative is refused without ``true_cfg_scale`` (stock ignores it).
 
         Returns:
             `StableDiffusionPipelineOutput` or ``(images, nsfw_content_detected)``.
         """
         callback_names = callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        if not height or not width:
-            sample_size = self.unet.config.sample_size
-            size = (sample_size, sample_size) if self._is_unet_config_sample_size_int else tuple(sample_size)
-            height, width = size[0] * self.vae_scale_factor, size[1] * self.vae_scale_factor
+        sample_size = self.unet.config.sample_size
+        size = (sample_size, sample_size) if self._is_unet_config_sample_size_int else tuple(sample_size)
+        height = checks.image_size(
+            size[0] * self.vae_scale_factor if height is None else height, "height", self.vae_scale_factor
+        )
+        width = checks.image_size(
+            size[1] * self.vae_scale_factor if width is None else width, "width", self.vae_scale_factor
+        )
         self.check_inputs(
-            prompt,
-            height,
-            width,
+            prompt=prompt,
+            height=height,
+            width=width,
             callback_steps=None,
             negative_prompt=negative_prompt,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
             callback_on_step_end_tensor_inputs=callback_names,
         )
         distilled = self.unet.config.time_cond_proj_dim is not None
@@ -117,8 +140,18 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
         dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
 
         call = CallInfo.from_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt)
+        checks.call_numbers(
+            num_inference_steps=num_inference_steps,
+            scales={"guidance_scale": guidance_scale, "true_cfg_scale": true_cfg_scale, "eta": eta},
+            generator=generator,
+            num_images=call.num_images,
+        )
         timesteps, num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, device, timesteps, sigmas
+            scheduler=self.scheduler,
+            num_inference_steps=num_inference_steps,
+            device=device,
+            timesteps=timesteps,
+            sigmas=sigmas,
         )
         guide = Guide(
             guidance,
@@ -128,21 +161,38 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
             given=self._given_conditions(prompt_embeds, negative_prompt_embeds, device, dtype),
             negative_prompt=negative_prompt,
             guidance_rescale=guidance_rescale,
+            forward_context=cache_contexts(self.unet),
         )
         if distilled:
             guided = true_cfg(guide.has_negative(negative_prompt, negative_prompt_embeds), true_cfg_scale)
             guidance_now = lambda: (true_cfg_scale, guided)
         else:
             guidance_now = lambda: (self.guidance_scale, self.do_classifier_free_guidance)
+        guide.image_conditions = ip_adapter_conditions(
+            self,
+            ip_adapter_image,
+            ip_adapter_image_embeds,
+            call=call,
+            guided=guidance_now()[1],
+            device=device,
+            field="image_embeds",
+        )
 
         latents = self.prepare_latents(
-            call.num_images, self.unet.config.in_channels, height, width, dtype, device, generator, latents
+            batch_size=call.num_images,
+            num_channels_latents=self.unet.config.in_channels,
+            height=height,
+            width=width,
+            dtype=dtype,
+            device=device,
+            generator=generator,
+            latents=latents,
         )
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator=generator, eta=eta)
         timestep_cond = None
         if distilled:
             timestep_cond = self.get_guidance_scale_embedding(
-                torch.tensor([self.guidance_scale - 1]), embedding_dim=self.unet.config.time_cond_proj_dim
+                w=torch.tensor([self.guidance_scale - 1]), embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
 
         context = self._patch_context(latents.shape[1:], height, width, timesteps)
@@ -168,10 +218,12 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
         if output_type == "latent":
             image, has_nsfw_concept = latents, None
         else:
-            image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-            image, has_nsfw_concept = self.run_safety_checker(image, device, dtype)
+            image = self.vae.decode(z=latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[
+                0
+            ]
+            image, has_nsfw_concept = self.run_safety_checker(image=image, device=device, dtype=dtype)
         do_denormalize = [True] * len(image) if has_nsfw_concept is None else [not nsfw for nsfw in has_nsfw_concept]
-        image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=do_denormalize)
+        image = self.image_processor.postprocess(image=image, output_type=output_type, do_denormalize=do_denormalize)
         self.maybe_free_model_hooks()
 
         if not return_dict:
@@ -183,7 +235,14 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
         lora_scale = (self.cross_attention_kwargs or {}).get("scale")
 
         def encode(texts: list[str]) -> Fields:
-            embeds, _ = self.encode_prompt(texts, device, 1, False, lora_scale=lora_scale, clip_skip=self.clip_skip)
+            embeds, _ = self.encode_prompt(
+                prompt=texts,
+                device=device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=False,
+                lora_scale=lora_scale,
+                clip_skip=self.clip_skip,
+            )
             return {"encoder_hidden_states": embeds}
 
         return encode
@@ -207,13 +266,15 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
         """What the patchers may use: the latent shape, the VAE encoder and the scheduler's noising."""
 
         def encode_image(image: PIL.Image.Image) -> torch.Tensor:
-            pixels = self.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
+            pixels = self.image_processor.preprocess(image=image.convert("RGB"), height=height, width=width)
             pixels = pixels.to(device=self._execution_device, dtype=self.vae.dtype)
-            latents = self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor
+            latents = self.vae.encode(x=pixels).latent_dist.mode() * self.vae.config.scaling_factor
             return latents[0].to(self.unet.dtype)
 
         def add_noise(latents: torch.Tensor, noise: torch.Tensor, step: Step) -> torch.Tensor:
-            return self.scheduler.add_noise(latents, noise, timesteps[step.index : step.index + 1])
+            return self.scheduler.add_noise(
+                original_samples=latents, noise=noise, timesteps=timesteps[step.index : step.index + 1]
+            )
 
         return PatchContext(tuple(latent_shape), encode_image, add_noise)
 
@@ -223,12 +284,14 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
         """The UNet at timestep ``t``, for any number of rows."""
 
         def denoise(rows: torch.Tensor, fields: Fields) -> torch.Tensor:
+            image_embeds = adapter_list(fields, "image_embeds")
             return self.unet(
-                self.scheduler.scale_model_input(rows, t),
-                t,
+                sample=self.scheduler.scale_model_input(sample=rows, timestep=t),
+                timestep=t,
                 encoder_hidden_states=fields["encoder_hidden_states"],
                 timestep_cond=None if timestep_cond is None else timestep_cond.expand(len(rows), -1),
                 cross_attention_kwargs=self.cross_attention_kwargs,
+                added_cond_kwargs=None if image_embeds is None else {"image_embeds": image_embeds},
                 return_dict=False,
             )[0]
 

@@ -14,13 +14,16 @@ from typing import Any
 
 import torch
 from diffusers import StableDiffusion3Pipeline
+from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
 
+from negguide import checks
 from negguide.branches import Text
 from negguide.core import Denoiser, Fields, Guide
 from negguide.family import (
     Callback,
+    cache_contexts,
     call_info,
     callback_inputs,
     decode_flow_latents,
@@ -29,9 +32,12 @@ from negguide.family import (
     flow_patch_context,
     flow_shift,
     given_conditions,
+    ip_adapter_conditions,
     patched,
 )
+from negguide.image_conditions import adapter_list
 from negguide.modules.resolve import GuidanceArg
+from negguide.postprocess import SkipLayerGuidance
 
 
 class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
@@ -62,6 +68,8 @@ class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: PipelineImageInput | None = None,
+        ip_adapter_image_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         joint_attention_kwargs: dict[str, Any] | None = None,
@@ -69,6 +77,10 @@ class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
         callback_on_step_end: Callback | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         max_sequence_length: int = 256,
+        skip_guidance_layers: list[int] | None = None,
+        skip_layer_guidance_scale: float = 2.8,
+        skip_layer_guidance_stop: float = 0.2,
+        skip_layer_guidance_start: float = 0.01,
         mu: float | None = None,
         guidance: GuidanceArg = None,
     ) -> StableDiffusion3PipelineOutput | tuple:
@@ -82,27 +94,34 @@ class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
                 image tokens of the transformer's attention outputs only, never the text tokens; NegToMe's default
                 layers are the joint blocks (``NegToMe(layers=...)`` picks others by name).
 
+        Skip-layer guidance (``skip_guidance_layers``, SD 3.5) runs as in diffusers: after guidance, at the steps
+        of its window, one more evaluation of the prompt's rows with those layers skipped, under every module.
+        IP-Adapter image embeddings condition the prompt's branch; every other branch (the empty-prompt baseline,
+        negatives, Perp-Neg's rows) takes the negative ones (zeros, or the first half of given embeddings).
+
         Differences from the stock pipeline:
 
         * a single string ``negative_prompt`` serves a list of prompts; ``prompt_2``, ``prompt_3`` and their
           negative lists must hold one text per prompt;
+        * numeric arguments are checked before any network runs (steps, scales, sizes, generators);
         * ``clip_skip`` applies to every text (diffusers applies it to the prompt only);
         * step-end callbacks see the conditioning rows of the step's batch, in batch order; embeddings they
-          return are not used, while ``latents`` and ``pipe._guidance_scale`` changes are honoured;
-        * IP-Adapter inputs and skip-layer guidance are not supported.
+          return are not used, while ``latents`` and ``pipe._guidance_scale`` changes are honoured.
 
         Returns:
             `StableDiffusion3PipelineOutput` or ``(images,)``.
         """
         callback_names = callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
+        factor = self.vae_scale_factor * self.patch_size
+        default_size = self.default_sample_size * self.vae_scale_factor
+        height = checks.image_size(default_size if height is None else height, "height", factor)
+        width = checks.image_size(default_size if width is None else width, "width", factor)
         self.check_inputs(
-            prompt,
-            prompt_2,
-            prompt_3,
-            height,
-            width,
+            prompt=prompt,
+            prompt_2=prompt_2,
+            prompt_3=prompt_3,
+            height=height,
+            width=width,
             negative_prompt=negative_prompt,
             negative_prompt_2=negative_prompt_2,
             negative_prompt_3=negative_prompt_3,
@@ -127,15 +146,35 @@ class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
             negative_prompt_embeds,
             num_images_per_prompt,
         )
+        checks.call_numbers(
+            num_inference_steps=num_inference_steps,
+            scales={"guidance_scale": guidance_scale, "skip_layer_guidance_scale": skip_layer_guidance_scale},
+            generator=generator,
+            num_images=call.num_images,
+        )
+        skip_layers = self._skip_layer_guidance(
+            skip_guidance_layers, skip_layer_guidance_scale, skip_layer_guidance_start, skip_layer_guidance_stop
+        )
         latents = self.prepare_latents(
-            call.num_images, self.transformer.config.in_channels, height, width, dtype, device, generator, latents
+            batch_size=call.num_images,
+            num_channels_latents=self.transformer.config.in_channels,
+            height=height,
+            width=width,
+            dtype=dtype,
+            device=device,
+            generator=generator,
+            latents=latents,
         )
         patch_size = self.transformer.config.patch_size
         num_image_tokens = (latents.shape[2] // patch_size) * (latents.shape[3] // patch_size)
         if mu is None and self.scheduler.config.get("use_dynamic_shifting", None):
             mu = flow_shift(self, num_image_tokens, default_max_shift=1.16)
         timesteps, num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, device, sigmas=sigmas, **({} if mu is None else {"mu": mu})
+            scheduler=self.scheduler,
+            num_inference_steps=num_inference_steps,
+            device=device,
+            sigmas=sigmas,
+            **({} if mu is None else {"mu": mu}),
         )
         given = given_conditions(
             prompt_embeds,
@@ -153,7 +192,19 @@ class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
             encode=self._text_encoding(device, max_sequence_length),
             given=given,
             negative_prompt=negative_prompt,
+            refinements=() if skip_layers is None else (skip_layers,),
+            forward_context=cache_contexts(self.transformer),
         )
+        if (ip_adapter_image is not None and self.is_ip_adapter_active) or ip_adapter_image_embeds is not None:
+            guide.image_conditions = ip_adapter_conditions(
+                self,
+                ip_adapter_image,
+                ip_adapter_image_embeds,
+                call=call,
+                guided=self.do_classifier_free_guidance,
+                device=device,
+                field="ip_adapter_image_embeds",
+            )
 
         context = flow_patch_context(self, latents.shape[1:], height, width, timesteps)
         with patched(guide, self.transformer, context, num_image_tokens):
@@ -163,7 +214,7 @@ class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
                 latents,
                 timesteps,
                 num_inference_steps,
-                denoiser=self._denoiser,
+                denoiser=lambda t: self._denoiser(t),
                 guidance=lambda: (self.guidance_scale, self.do_classifier_free_guidance),
                 callback=callback_on_step_end,
                 callback_names=callback_names,
@@ -200,17 +251,46 @@ class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
 
         return encode
 
-    def _denoiser(self, t: torch.Tensor) -> Denoiser:
-        """The transformer at timestep ``t``, for any number of rows."""
+    def _skip_layer_guidance(
+        self, layers: list[int] | None, scale: float, start: float, stop: float
+    ) -> SkipLayerGuidance | None:
+        """The call's skip-layer guidance (``None`` without ``skip_guidance_layers``), its arguments checked."""
+        if layers is None:
+            return None
+        num_layers = self.transformer.config.num_layers
+        if not isinstance(layers, (list, tuple)) or not all(
+            isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer < num_layers for layer in layers
+        ):
+            raise ValueError(
+                f"`skip_guidance_layers` must be a list of layer indices in [0, {num_layers}), got {layers!r}."
+            )
+        start, stop = (
+            checks.unit_interval(start, "skip_layer_guidance_start"),
+            checks.unit_interval(stop, "skip_layer_guidance_stop"),
+        )
+        return SkipLayerGuidance(
+            denoiser=lambda step: self._denoiser(self.scheduler.timesteps[step.index], skip_layers=list(layers)),
+            scale=scale,
+            start=start,
+            stop=stop,
+        )
+
+    def _denoiser(self, t: torch.Tensor, skip_layers: list[int] | None = None) -> Denoiser:
+        """The transformer at timestep ``t``, for any number of rows; ``skip_layers`` are left out of the run."""
 
         def denoise(rows: torch.Tensor, fields: Fields) -> torch.Tensor:
+            image_embeds = adapter_list(fields, "ip_adapter_image_embeds")
+            attention_kwargs = dict(self.joint_attention_kwargs or {})
+            if image_embeds is not None:
+                attention_kwargs["ip_adapter_image_embeds"] = image_embeds[0]
             return self.transformer(
                 hidden_states=rows,
                 timestep=t.expand(len(rows)),
                 encoder_hidden_states=fields["encoder_hidden_states"],
                 pooled_projections=fields["pooled_projections"],
-                joint_attention_kwargs=self.joint_attention_kwargs,
+                joint_attention_kwargs=attention_kwargs or None,
                 return_dict=False,
+                **({} if skip_layers is None else {"skip_layers": skip_layers}),
             )[0]
 
         return denoise

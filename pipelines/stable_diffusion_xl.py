@@ -16,21 +16,26 @@ from typing import Any
 import PIL.Image
 import torch
 from diffusers import StableDiffusionXLPipeline
+from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import retrieve_timesteps
 from diffusers.utils.torch_utils import get_module_execution_device
 
+from negguide import checks
 from negguide.branches import Step, Text
 from negguide.core import Denoiser, Fields, Guide
 from negguide.family import (
     Callback,
+    cache_contexts,
     call_info,
     callback_inputs,
     denoising_loop,
     encoder_columns,
     given_conditions,
+    ip_adapter_conditions,
     patched,
 )
+from negguide.image_conditions import ImageConditions, adapter_list
 from negguide.modules.base import PatchContext
 from negguide.modules.resolve import GuidanceArg
 
@@ -64,6 +69,8 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: PipelineImageInput | None = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -71,6 +78,9 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
         original_size: tuple[int, int] | None = None,
         crops_coords_top_left: tuple[int, int] = (0, 0),
         target_size: tuple[int, int] | None = None,
+        negative_original_size: tuple[int, int] | None = None,
+        negative_crops_coords_top_left: tuple[int, int] = (0, 0),
+        negative_target_size: tuple[int, int] | None = None,
         clip_skip: int | None = None,
         callback_on_step_end: Callback | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
@@ -85,40 +95,46 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
                 ``up_blocks`` attention, are the paper's SDXL choice), or a registry name that builds the module
                 from ``negative_prompt``. ``None`` is diffusers' standard guidance, output for output.
 
+        What stock gives its unconditional half, every branch other than the prompt's gets here (the empty-prompt
+        baseline, negatives, Perp-Neg's rows): the negative micro-conditioning (``negative_original_size``,
+        ``negative_crops_coords_top_left``, ``negative_target_size``, used when both sizes are given, as in
+        diffusers) and the negative IP-Adapter image embeddings (zeros, or the first half of
+        ``ip_adapter_image_embeds`` given for CFG).
+
         Differences from the stock pipeline:
 
         * a single string ``negative_prompt`` serves a list of prompts; ``prompt_2`` and ``negative_prompt_2``
           lists must hold one text per prompt;
+        * numeric arguments are checked before any network runs (steps, scales, sizes, generators);
         * where the model's config sets ``force_zeros_for_empty_prompt`` (SDXL base), the empty prompt is the
           zero embedding wherever it conditions a branch (diffusers zeroes it only when ``negative_prompt`` is
           left out), and a ``negative_prompt_2`` given without ``negative_prompt`` is used, not dropped;
         * ``clip_skip`` applies to every text (diffusers applies it to the prompt only);
         * step-end callbacks see the conditioning rows of the step's batch, in batch order; embeddings they
-          return are not used, while ``latents`` and ``pipe._guidance_scale`` changes are honoured;
-        * IP-Adapter inputs and the negative micro-conditioning (``negative_original_size``, ...) are not
-          supported.
+          return are not used, while ``latents`` and ``pipe._guidance_scale`` changes are honoured.
 
         Returns:
             `StableDiffusionXLPipelineOutput` or ``(images,)``.
         """
         callback_names = callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
+        default_size = self.default_sample_size * self.vae_scale_factor
+        height = checks.image_size(default_size if height is None else height, "height", self.vae_scale_factor)
+        width = checks.image_size(default_size if width is None else width, "width", self.vae_scale_factor)
         self.check_inputs(
-            prompt,
-            prompt_2,
-            height,
-            width,
-            None,
-            negative_prompt,
-            negative_prompt_2,
-            prompt_embeds,
-            negative_prompt_embeds,
-            pooled_prompt_embeds,
-            negative_pooled_prompt_embeds,
-            None,
-            None,
-            callback_names,
+            prompt=prompt,
+            prompt_2=prompt_2,
+            height=height,
+            width=width,
+            callback_steps=None,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+            callback_on_step_end_tensor_inputs=callback_names,
         )
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
@@ -136,8 +152,18 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
             negative_prompt_embeds,
             num_images_per_prompt,
         )
+        checks.call_numbers(
+            num_inference_steps=num_inference_steps,
+            scales={"guidance_scale": guidance_scale, "eta": eta},
+            generator=generator,
+            num_images=call.num_images,
+        )
         timesteps, num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, device, timesteps, sigmas
+            scheduler=self.scheduler,
+            num_inference_steps=num_inference_steps,
+            device=device,
+            timesteps=timesteps,
+            sigmas=sigmas,
         )
         timesteps, num_inference_steps = self._until_denoising_end(timesteps, num_inference_steps)
         given = given_conditions(
@@ -157,10 +183,18 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
             given=given,
             negative_prompt=negative_prompt,
             guidance_rescale=guidance_rescale,
+            forward_context=cache_contexts(self.unet),
         )
 
         latents = self.prepare_latents(
-            call.num_images, self.unet.config.in_channels, height, width, dtype, device, generator, latents
+            batch_size=call.num_images,
+            num_channels_latents=self.unet.config.in_channels,
+            height=height,
+            width=width,
+            dtype=dtype,
+            device=device,
+            generator=generator,
+            latents=latents,
         )
         projection_dim = (
             self.text_encoder_2.config.projection_dim
@@ -168,16 +202,40 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
             else int(pooled_prompt_embeds.shape[-1])
         )
         time_ids = self._get_add_time_ids(
-            original_size or (height, width),
-            crops_coords_top_left,
-            target_size or (height, width),
+            original_size=original_size or (height, width),
+            crops_coords_top_left=crops_coords_top_left,
+            target_size=target_size or (height, width),
             dtype=dtype,
             text_encoder_projection_dim=projection_dim,
         ).to(device)
+        negative_time_ids = time_ids
+        if negative_original_size is not None and negative_target_size is not None:
+            negative_time_ids = self._get_add_time_ids(
+                original_size=negative_original_size,
+                crops_coords_top_left=negative_crops_coords_top_left,
+                target_size=negative_target_size,
+                dtype=dtype,
+                text_encoder_projection_dim=projection_dim,
+            ).to(device)
+        guide.image_conditions = ImageConditions.merged(
+            ImageConditions(
+                {"time_ids": time_ids.expand(call.num_images, -1)},
+                {"time_ids": negative_time_ids.expand(call.num_images, -1)},
+            ),
+            ip_adapter_conditions(
+                self,
+                ip_adapter_image,
+                ip_adapter_image_embeds,
+                call=call,
+                guided=self.do_classifier_free_guidance,
+                device=device,
+                field="image_embeds",
+            ),
+        )
         timestep_cond = None
         if self.unet.config.time_cond_proj_dim is not None:
             timestep_cond = self.get_guidance_scale_embedding(
-                torch.tensor([self.guidance_scale - 1]), embedding_dim=self.unet.config.time_cond_proj_dim
+                w=torch.tensor([self.guidance_scale - 1]), embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(0)
@@ -190,7 +248,7 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
                 latents,
                 timesteps,
                 num_inference_steps,
-                denoiser=self._denoiser(time_ids, timestep_cond),
+                denoiser=self._denoiser(timestep_cond),
                 guidance=lambda: (self.guidance_scale, self.do_classifier_free_guidance),
                 callback=callback_on_step_end,
                 callback_names=callback_names,
@@ -198,9 +256,9 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
                     "latents": latents,
                     "prompt_embeds": fields["encoder_hidden_states"],
                     "add_text_embeds": fields["text_embeds"],
-                    "add_time_ids": time_ids.repeat(len(fields["text_embeds"]), 1),
+                    "add_time_ids": fields["time_ids"],
                 },
-                step_kwargs=self.prepare_extra_step_kwargs(generator, eta),
+                step_kwargs=self.prepare_extra_step_kwargs(generator=generator, eta=eta),
             )
 
         image = self._decode(latents, output_type)
@@ -227,7 +285,13 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
         def encode(texts: list[Text]) -> Fields:
             prompt, prompt_2 = encoder_columns(texts, 2)
             embeds, _, pooled, _ = self.encode_prompt(
-                prompt, prompt_2, device, 1, False, lora_scale=lora_scale, clip_skip=self.clip_skip
+                prompt=prompt,
+                prompt_2=prompt_2,
+                device=device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=False,
+                lora_scale=lora_scale,
+                clip_skip=self.clip_skip,
             )
             fields = {"encoder_hidden_states": embeds, "text_embeds": pooled}
             if not (self.config.force_zeros_for_empty_prompt and "" in texts):
@@ -237,23 +301,22 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
 
         return encode
 
-    def _denoiser(
-        self, time_ids: torch.Tensor, timestep_cond: torch.Tensor | None
-    ) -> Callable[[torch.Tensor], Denoiser]:
+    def _denoiser(self, timestep_cond: torch.Tensor | None) -> Callable[[torch.Tensor], Denoiser]:
         """The UNet at a timestep, for any number of rows."""
 
         def at(t: torch.Tensor) -> Denoiser:
             def denoise(rows: torch.Tensor, fields: Fields) -> torch.Tensor:
+                added = {"text_embeds": fields["text_embeds"], "time_ids": fields["time_ids"]}
+                image_embeds = adapter_list(fields, "image_embeds")
+                if image_embeds is not None:
+                    added["image_embeds"] = image_embeds
                 return self.unet(
-                    self.scheduler.scale_model_input(rows, t),
-                    t,
+                    sample=self.scheduler.scale_model_input(sample=rows, timestep=t),
+                    timestep=t,
                     encoder_hidden_states=fields["encoder_hidden_states"],
                     timestep_cond=None if timestep_cond is None else timestep_cond.expand(len(rows), -1),
                     cross_attention_kwargs=self.cross_attention_kwargs,
-                    added_cond_kwargs={
-                        "text_embeds": fields["text_embeds"],
-                        "time_ids": time_ids.expand(len(rows), -1),
-                    },
+                    added_cond_kwargs=added,
                     return_dict=False,
                 )[0]
 
@@ -288,10 +351,10 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
         with self._vae_in_float32_if_needed():
             latents = latents.to(device=get_module_execution_device(self.vae), dtype=self.vae.dtype)
             mean, std = self._latent_statistics(latents)
-            image = self.vae.decode(latents * std / self.vae.config.scaling_factor + mean, return_dict=False)[0]
+            image = self.vae.decode(z=latents * std / self.vae.config.scaling_factor + mean, return_dict=False)[0]
         if self.watermark is not None:
-            image = self.watermark.apply_watermark(image)
-        return self.image_processor.postprocess(image, output_type=output_type)
+            image = self.watermark.apply_watermark(images=image)
+        return self.image_processor.postprocess(image=image, output_type=output_type)
 
     def _patch_context(
         self, latent_shape: tuple[int, ...], height: int, width: int, timesteps: torch.Tensor
@@ -299,15 +362,17 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
         """What the patchers may use: the latent shape, the VAE encoder and the scheduler's noising."""
 
         def encode_image(image: PIL.Image.Image) -> torch.Tensor:
-            pixels = self.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
+            pixels = self.image_processor.preprocess(image=image.convert("RGB"), height=height, width=width)
             with self._vae_in_float32_if_needed():
                 pixels = pixels.to(device=get_module_execution_device(self.vae), dtype=self.vae.dtype)
-                latents = self.vae.encode(pixels).latent_dist.mode()
+                latents = self.vae.encode(x=pixels).latent_dist.mode()
                 mean, std = self._latent_statistics(latents)
                 latents = (latents - mean) * self.vae.config.scaling_factor / std
             return latents[0].to(device=self._execution_device, dtype=self.unet.dtype)
 
         def add_noise(latents: torch.Tensor, noise: torch.Tensor, step: Step) -> torch.Tensor:
-            return self.scheduler.add_noise(latents, noise, timesteps[step.index : step.index + 1])
+            return self.scheduler.add_noise(
+                original_samples=latents, noise=noise, timesteps=timesteps[step.index : step.index + 1]
+            )
 
         return PatchContext(tuple(latent_shape), encode_image, add_noise)

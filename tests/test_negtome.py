@@ -229,7 +229,9 @@ def test_reference_rows_leave_the_images_alone_when_nothing_merges(pipe):
 def test_reference_rows_hold_the_noised_reference(pipe):
     image = reference_image()
     seen = []
-    handle = pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0][-1].clone()))
+    handle = pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["sample"][-1].clone()), with_kwargs=True
+    )
     try:
         run(
             pipe,
