@@ -34,7 +34,7 @@ def cfg(uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float) -> torc
 
 
 def weighted_mean(preds: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    r"""Weighted mean of several negatives' predictions (ALGORITHMS.md section 1).
+    r"""Weighted mean of several negatives' predictions (docs/methods/negative-prompts.md).
 
     ``e_n = sum_i w_i e(n_i) / sum_i w_i``. The weights are normalised first, so a single prediction comes
     back unchanged, bit for bit.

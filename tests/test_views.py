@@ -13,7 +13,8 @@ from negguide import Negative, PerpNeg, View
 from negguide.branches import Blend
 from negguide.views import view_embeddings, view_mix, view_text
 
-# ALGORITHMS.md section 3: azimuth -> (positive, front negative weight, side negative weight), threestudio.
+# azimuth -> (positive, front negative weight, side negative weight) with threestudio's schedule, the table of
+# docs/methods/perp-neg.md (view-dependent prompting).
 THREESTUDIO_TABLE = {
     0: ((("front", 1.0), ("side", 0.0)), 0.000, 1.574),
     45: ((("front", 0.5), ("side", 0.5)), 0.689, 0.689),
