@@ -38,21 +38,22 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "speed": Benchmark((), ("--runs", "2", "--steps", "4", "--threads", "1")),
-    "overhead": Benchmark((), ("--runs", "1", "--steps", "2")),
+    "speed": Benchmark((), ("--runs", "1", "--steps", "2", "--threads", "1")),
+    "overhead": Benchmark((), ("--runs", "1", "--steps", "1")),
     "families": Benchmark((), ("--runs", "1", "--steps", "1")),
-    "perpneg_cost": Benchmark((), ("--runs", "1", "--steps", "1", "--ks", "1", "2")),
+    "perpneg_cost": Benchmark((), ("--runs", "1", "--steps", "1", "--ks", "1")),
     "negtome_cost": Benchmark(("--runs", "21"), ("--runs", "1", "--steps", "5")),
-    "throughput": Benchmark((), ("--runs", "1", "--images", "4", "--batch-size", "4", "--steps", "4")),
-    "detector": Benchmark((), ("--count", "50")),
+    "throughput": Benchmark((), ("--runs", "1", "--images", "2", "--batch-size", "2", "--steps", "2")),
+    "detector": Benchmark((), ("--count", "20")),
     "quality": Benchmark(
         ("--method", "standard", "--method", "perpneg"),
-        ("--seeds", "2", "--steps", "4", "--threads", "1", "--method", "standard", "--method", "perpneg"),
+        ("--seeds", "1", "--steps", "2", "--threads", "1", "--method", "standard", "--method", "perpneg"),
     ),
     "perpneg_quality": Benchmark(
-        ("--weights", "1", "--per-case"), ("--seeds", "2", "--steps", "4", "--cases", "6", "--weights", "1")
+        ("--weights", "1", "--per-case"),
+        ("--seeds", "1", "--steps", "2", "--cases", "3", "--weights", "1", "--modes", "s*w"),
     ),
-    "negative_timing": Benchmark((), ("--seeds", "4", "--steps", "4", "--threads", "1")),
+    "negative_timing": Benchmark((), ("--seeds", "2", "--steps", "2", "--cases", "2", "--threads", "1")),
 }
 """The benchmarks the command runs, in the page's order."""
 
