@@ -79,10 +79,13 @@ def call_numbers(
     scales: dict[str, object],
     generator: object,
     num_images: int,
+    schedule_given: bool = False,
 ) -> None:
-    """The numeric arguments every pipeline call shares, checked before any network runs: steps a positive int,
-    every scale in ``scales`` (argument name -> value) a finite number, ``generator`` (see `generators`)."""
-    positive_int(num_inference_steps, "num_inference_steps")
+    """The numeric arguments every pipeline call shares, checked before any network runs: steps a positive int
+    (or ``None`` when the call gives its own ``timesteps`` or ``sigmas``: ``schedule_given``), every scale in
+    ``scales`` (argument name -> value) a finite number, ``generator`` (see `generators`)."""
+    if not (schedule_given and num_inference_steps is None):
+        positive_int(num_inference_steps, "num_inference_steps")
     for name, value in scales.items():
         finite_float(value, name)
     generators(generator, num_images)

@@ -155,6 +155,7 @@ class FluxNegGuidePipeline(FluxPipeline):
             scales={"guidance_scale": guidance_scale, "true_cfg_scale": true_cfg_scale},
             generator=generator,
             num_images=call.num_images,
+            schedule_given=sigmas is not None,
         )
         num_channels = self.transformer.config.in_channels // 4
         latents, image_ids = self.prepare_latents(

@@ -145,6 +145,7 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
             scales={"guidance_scale": guidance_scale, "true_cfg_scale": true_cfg_scale, "eta": eta},
             generator=generator,
             num_images=call.num_images,
+            schedule_given=timesteps is not None or sigmas is not None,
         )
         timesteps, num_inference_steps = retrieve_timesteps(
             scheduler=self.scheduler,

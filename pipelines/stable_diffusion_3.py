@@ -151,6 +151,7 @@ class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
             scales={"guidance_scale": guidance_scale, "skip_layer_guidance_scale": skip_layer_guidance_scale},
             generator=generator,
             num_images=call.num_images,
+            schedule_given=sigmas is not None,
         )
         skip_layers = self._skip_layer_guidance(
             skip_guidance_layers, skip_layer_guidance_scale, skip_layer_guidance_start, skip_layer_guidance_stop
