@@ -76,3 +76,27 @@ def test_true_cfg_scale_is_only_for_distilled_unets():
     plain = StableDiffusionNegGuidePipeline(**tiny_components())
     with pytest.raises(ValueError, match="guidance-distilled UNets"):
         one(plain, true_cfg_scale=2.0)
+
+
+def test_the_embedded_distilled_model_loads_offline_by_name_and_matches_stock():
+    import negguide
+    from negguide.loading import DISTILLED_MODEL_NAME, distilled_unet_path, embedded_model_path
+    from negguide.shapes.distill import GUIDANCE_EMBEDDING_DIM
+
+    ours = negguide.load_pipeline(DISTILLED_MODEL_NAME, device="cpu")
+    ours.set_progress_bar_config(disable=True)
+    assert isinstance(ours, StableDiffusionNegGuidePipeline)
+    assert ours.unet.config.time_cond_proj_dim == GUIDANCE_EMBEDDING_DIM
+    assert sorted(p.name for p in distilled_unet_path().parent.iterdir()) == ["training_log.jsonl", "unet"]
+    teacher = negguide.load_pipeline("shapes-world", device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(ours.text_encoder.parameters(), teacher.text_encoder.parameters()))
+    stock = StableDiffusionPipeline.from_pretrained(
+        embedded_model_path(),
+        unet=UNet2DConditionModel.from_pretrained(distilled_unet_path()),
+        torch_dtype=torch.float32,
+    )
+    stock.set_progress_bar_config(disable=True)
+    call = {"prompt": "a blue square", "num_inference_steps": 4, "guidance_scale": 5.0, "output_type": "pt"}
+    mine = ours(**call, generator=torch.Generator().manual_seed(0)).images
+    theirs = stock(**call, generator=torch.Generator().manual_seed(0)).images
+    assert mine.shape == (1, 3, 64, 64) and max_difference(mine, theirs) <= 1e-5
