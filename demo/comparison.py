@@ -21,17 +21,33 @@ from negguide.generate import Batch, Defaults, Item, Method, ModelInfo, build_gu
 from negguide.generate.names import IMAGES
 from negguide.images import image_to_json
 from negguide.loading import DEFAULT_GUIDANCE_SCALE
-from negguide.modules import Combiner, Negative, NegativePrompts, NegToMe, Patcher
+from negguide.modules import Combiner, Negative, NegativePrompts, NegToMe
 from negguide.modules.base import registered
 from negguide.modules.negatives import as_negatives
 
 SOURCE = "demo"
 PLAIN = "plain"
 STANDARD = NegativePrompts.name
-TITLES = {PLAIN: "plain prompt", STANDARD: "standard negative", "perpneg": "Perp-Neg", "negtome": "NegToMe"}
-"""Column titles; a method of several modules is titled by its parts, e.g. ``"Perp-Neg + NegToMe"``."""
-MODULES = (STANDARD, "perpneg", "negtome")
+TITLES = {
+    PLAIN: "plain prompt",
+    STANDARD: "standard negative",
+    "perpneg": "Perp-Neg",
+    "negtome": "NegToMe",
+    "nag": "NAG",
+}
+"""Row titles; a method of several modules is titled by its parts, e.g. ``"Perp-Neg + NegToMe"``."""
+MODULES = (STANDARD, "perpneg", "negtome", "nag")
 """The registered modules the demo offers, each with its settings panel."""
+METHODS = ("perpneg", "negtome", "nag", "perpneg+negtome")
+"""The methods compared with the standard negative, as ``NAME[+NAME...]``."""
+ONE_EVALUATION = ("nag",)
+"""Modules that take the negative inside the network, from the call's negative prompt: on a guidance-distilled
+model their method runs without true CFG, one network evaluation per step; on a model with classifier-free
+guidance the negative prompt is also the unconditional text, so there they add to the standard negative. Their
+row is the standard negative's call with the module in place of the standard negative prompts."""
+MAX_TRUE_CFG = 20.0
+SETTINGS_CHECK_TEXT = "negative"
+"""A negative prompt for building each module once to check its settings (some take no settings without one)."""
 REFERENCE, MASK = "reference", "mask"
 """The settings that take the reference image and its mask, in the modules that have them."""
 
@@ -48,11 +64,13 @@ def title(method: str) -> str:
 
 
 def method_choices() -> list[str]:
-    """The methods to compare with the standard negative: every other combiner, every patcher (on the standard
-    negative), and every combiner with every patcher."""
-    combiners = [name for name in MODULES if name != STANDARD and issubclass(registered(name, "method"), Combiner)]
-    patchers = [name for name in MODULES if issubclass(registered(name, "method"), Patcher)]
-    return combiners + patchers + [f"{combiner}+{patcher}" for combiner in combiners for patcher in patchers]
+    """The methods to compare with the standard negative (`METHODS`)."""
+    return list(METHODS)
+
+
+def one_evaluation(method: str) -> bool:
+    """Whether ``method`` gives its negatives to a module that acts inside the network only (`ONE_EVALUATION`)."""
+    return any(name in ONE_EVALUATION for name in method.split("+"))
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,8 @@ class Comparison:
         seed (`int`): the seed of the first image of every column; image ``i`` uses ``seed + i``.
         images (`int`): images per column.
         steps (`int`), guidance_scale (`float`), width (`int`), height (`int`): the pipeline call's settings.
+        true_cfg_scale (`float`): on a guidance-distilled model, the true classifier-free guidance scale of the
+            methods whose negatives need a second evaluation (all but NAG); must be above 1 there.
     """
 
     prompt: str
@@ -85,6 +105,7 @@ class Comparison:
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     width: int = 64
     height: int = 64
+    true_cfg_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -105,39 +126,62 @@ class Comparison:
         object.__setattr__(self, "images", whole(self.images, "Images per method", 1, MAX_IMAGES))
         object.__setattr__(self, "steps", whole(self.steps, "Steps", 1, MAX_STEPS))
         object.__setattr__(self, "guidance_scale", bounded(self.guidance_scale, "Guidance scale", 0.0, MAX_SCALE))
+        object.__setattr__(self, "true_cfg_scale", bounded(self.true_cfg_scale, "True CFG scale", 1.0, MAX_TRUE_CFG))
         for name in ("width", "height"):
             side = whole(getattr(self, name), name.capitalize(), MIN_SIDE, MAX_SIDE)
             if side % SIDE_STEP:
                 raise ValueError(f"`{name.capitalize()}` must be a multiple of {SIDE_STEP}, got {side}.")
             object.__setattr__(self, name, side)
 
-    def columns(self, model: ModelInfo) -> list[tuple[str, Batch]]:
-        """Every column's title and pipeline call, checked against the modules before anything is generated.
+    def columns(self, model: ModelInfo, distilled: bool = False) -> list[Row]:
+        """Every row's title, pipeline call and true CFG scale, checked against the modules before anything is
+        generated. ``distilled``: the model is guidance-distilled, so the negatives of every method but NAG need
+        a true CFG scale above 1.
 
         Raises:
-            ValueError: a setting a module rejects, named with the column.
+            ValueError: a setting a module rejects, named with its settings panel.
         """
         self._check_settings()
         self._check_negtome()
+        two_evaluations = [method for method in (STANDARD, *self.methods) if not one_evaluation(method)]
+        if distilled and self.true_cfg_scale <= 1 and self.negatives and two_evaluations:
+            raise ValueError(
+                f"`True CFG scale` is {self.true_cfg_scale:g}: on a guidance-distilled model the negatives of "
+                f"{', '.join(map(title, two_evaluations))} act through true classifier-free guidance, a second "
+                "evaluation per step, which needs a scale above 1 (e.g. 4). NAG needs none."
+            )
         negatives = [_negative_dict(negative) for negative in self.negatives]
         plain = Item(0, SOURCE, self.prompt)
         compared = Item(1, SOURCE, self.prompt, negative_prompt=self._negative_prompt(), negatives=negatives or None)
-        groups = []
-        for item, methods in ((plain, [PLAIN]), (compared, [STANDARD, *self.methods])):
-            built = [self._method(method) for method in methods]
-            found, problems = expand([item], built, self._defaults(), model)
+        planned = []
+        for method in (PLAIN, STANDARD, *self.methods):
+            cfg = self.true_cfg_scale if distilled and method in two_evaluations else 1.0
+            if one_evaluation(method):
+                standard = planned[1].batch.groups[0]
+                modules = self._method(method).modules
+                group = tuple(dataclasses.replace(job, method=method, guidance=modules) for job in standard)
+                planned.append(Row(title(method), Batch((group,)), cfg))
+                continue
+            found, problems = expand(
+                [plain if method == PLAIN else compared], [self._method(method)], self._defaults(), model
+            )
             if problems:
                 raise ValueError(problems[0].message)
-            groups.extend(found)
-        return [(title(group[0].method), Batch((tuple(group),))) for group in groups]
+            planned.extend(Row(title(group[0].method), Batch((tuple(group),)), cfg) for group in found)
+        return planned
 
     def _check_settings(self) -> None:
         """Build every module in use with its settings once, so that an error names its settings panel."""
         used = dict.fromkeys(name for method in (STANDARD, *self.methods) for name in method.split("+"))
-        for name in used:
-            build_guidance(
-                [{"name": name, **self.settings.get(name, {}), **self._images(name)}], "", f"{title(name)} settings"
+        whole_run = len(self.negatives) == 1 and self.negatives[0].weight == 1 and bool(self._negative_prompt())
+        if any(name in ONE_EVALUATION for name in used) and not whole_run:
+            raise ValueError(
+                "`Negatives`: NAG takes one negative of weight 1 acting over the whole run (0 to 1), got "
+                f"{len(self.negatives)}; its own window is in the NAG settings panel (start, stop)."
             )
+        for name in used:
+            spec = {"name": name, **self.settings.get(name, {}), **self._images(name)}
+            build_guidance([spec], SETTINGS_CHECK_TEXT, f"{title(name)} settings")
 
     def _check_negtome(self) -> None:
         """NegToMe's batch mode pushes each image away from the first image of its prompt: with one image per
@@ -152,7 +196,7 @@ class Comparison:
 
     def _method(self, method: str) -> Method:
         names = [STANDARD] if method == PLAIN else method.split("+")
-        if not any(issubclass(registered(name, "method"), Combiner) for name in names):
+        if not one_evaluation(method) and not any(issubclass(registered(name, "method"), Combiner) for name in names):
             names.insert(0, STANDARD)
         return Method(
             method, tuple({"name": name, **self.settings.get(name, {}), **self._images(name)} for name in names)
@@ -189,6 +233,15 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class Row:
+    """One planned row: its title, its pipeline call and its true CFG scale (1: none)."""
+
+    title: str
+    batch: Batch
+    true_cfg_scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class Column:
     """The images of one method: its title, its method label (as in the file names) and one file per seed."""
 
@@ -209,14 +262,14 @@ def compare(
 
     ``on_column(index, count, title)`` is called before each column is made (for a progress bar).
     """
-    planned = comparison.columns(model.info)
+    planned = comparison.columns(model.info, model.distilled)
     (out / IMAGES).mkdir(parents=True, exist_ok=True)
-    for index, (name, batch) in enumerate(planned):
+    for index, row in enumerate(planned):
         if on_column is not None:
-            on_column(index, len(planned), name)
-        images = model.generate(batch)
-        files = tuple(save_image(out, image, batch, position) for position, image in enumerate(images))
-        yield Column(name, batch.jobs[0].method, files, tuple(job.seed for job in batch.jobs))
+            on_column(index, len(planned), row.title)
+        images = model.generate(row.batch, row.true_cfg_scale)
+        files = tuple(save_image(out, image, row.batch, position) for position, image in enumerate(images))
+        yield Column(row.title, row.batch.jobs[0].method, files, tuple(job.seed for job in row.batch.jobs))
 
 
 def whole(value: object, label: str, low: int, high: int) -> int:

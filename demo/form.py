@@ -21,19 +21,21 @@ from negguide.modules import Negative
 MAX_UPLOAD_PIXELS = 4096 * 4096
 NEGATIVE_COLUMNS = ("negative", "weight", "start", "stop")
 FORM_DEFAULTS: dict[str, Any] = {
-    "prompt": "a red circle",
-    "negatives": [["red square", 1.0, 0.0, 1.0]],
-    "methods": ["perpneg"],
+    "prompt": "a red square",
+    "negatives": [["blue triangle", 1.0, 0.0, 1.0]],
+    "methods": ["perpneg", "nag"],
     "reference": None,
     "mask": None,
     "seed": 0,
     "random_seed": False,
     "images": 1,
     "steps": 20,
+    "true_cfg_scale": 4.0,
 }
-"""The form's controls but the image size, the guidance scale and the module settings, with their initial
-values."""
-NUMBERS = ("images", "steps", "guidance_scale", "width", "height")
+"""The form's controls but the model, the image size, the guidance scale and the module settings, with their
+initial values: a case the standard negative handles on the embedded model (a red square's companion, a blue
+triangle, is in the plain image of this seed and gone with each negative)."""
+NUMBERS = ("images", "steps", "guidance_scale", "width", "height", "true_cfg_scale")
 
 
 def form_defaults(model: ModelInfo, fields: Sequence[SettingField]) -> dict[str, Any]:
@@ -94,7 +96,9 @@ def _number(cell: Any, name: str) -> float | None:
 
 
 def read_image(path: str | Path | None, label: str) -> PIL.Image.Image | None:
-    """The uploaded image at ``path`` (``None`` when nothing was uploaded), at most `MAX_UPLOAD_PIXELS`."""
+    """The uploaded image at ``path`` (``None`` when nothing was uploaded), at most `MAX_UPLOAD_PIXELS`. Errors
+    name the file by the name it was uploaded with (the last part of ``path``), never by where the server keeps
+    it."""
     if not path:
         return None
     name = Path(path).name
@@ -108,10 +112,8 @@ def read_image(path: str | Path | None, label: str) -> PIL.Image.Image | None:
                 )
             image.load()
             return image.copy()
-    except (OSError, PIL.Image.DecompressionBombError) as error:
-        raise ValueError(
-            f"`{label}`: {name} is not an image that can be read ({error}); upload a PNG or JPEG."
-        ) from None
+    except (OSError, PIL.Image.DecompressionBombError):
+        raise ValueError(f"`{label}`: {name} is not an image that can be read; upload a PNG or JPEG.") from None
 
 
 def read_mask(path: str | Path | None) -> PIL.Image.Image | None:

@@ -9,12 +9,28 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import PIL.Image
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, UNet2DConditionModel
 
+from negguide.errors import InputError
 from negguide.generate import Batch, ModelInfo, generate_images, read_model
-from negguide.loading import load_pipeline
+from negguide.loading import DISTILLED_MODEL_NAME, EMBEDDED_MODEL_NAME, load_pipeline
 
 T = TypeVar("T")
+EMBEDDED_MODELS = (EMBEDDED_MODEL_NAME, DISTILLED_MODEL_NAME)
+"""The models the demo offers when none is named: those of them whose weights are installed."""
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """How much of a text the model reads: ``total`` tokens, of which the first ``kept`` (``kept_text``)."""
+
+    total: int
+    kept: int
+    kept_text: str
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.kept
 
 
 @dataclass
@@ -24,10 +40,13 @@ class DemoModel:
     Args:
         info (`ModelInfo`): its name (recorded in every image), sampler and native size.
         load (`Callable[[], DiffusionPipeline]`): makes the negguide pipeline; called once, on first use.
+        distilled (`bool`): a guidance-distilled model (its UNet takes the guidance scale as an embedding): one
+            evaluation per step, negatives through true CFG or NAG.
     """
 
     info: ModelInfo
     load: Callable[[], DiffusionPipeline]
+    distilled: bool = False
     _pipe: DiffusionPipeline | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -36,7 +55,7 @@ class DemoModel:
         """The embedded shapes-world model (``None``), a local folder or a hub id; only its configuration is read
         now (`negguide.errors.InputError` when it cannot be)."""
         info = read_model(model)
-        return cls(info, lambda: load_pipeline(info.source, device=device))
+        return cls(info, lambda: load_pipeline(info.source, device=device), _distilled_config(info))
 
     @classmethod
     def from_pipeline(cls, pipe: DiffusionPipeline, name: str | None = None) -> DemoModel:
@@ -50,7 +69,7 @@ class DemoModel:
             width=width * pipe.vae_scale_factor,
             height=height * pipe.vae_scale_factor,
         )
-        return cls(info, lambda: pipe)
+        return cls(info, lambda: pipe, pipe.unet.config.get("time_cond_proj_dim") is not None)
 
     @property
     def loaded(self) -> bool:
@@ -64,6 +83,64 @@ class DemoModel:
                 self._pipe = self.load()
             return work(self._pipe)
 
-    def generate(self, batch: Batch) -> list[PIL.Image.Image]:
-        """The images of ``batch`` from one pipeline call, made exactly as ``negguide generate`` makes them."""
-        return self.call(lambda pipe: generate_images(pipe, batch))
+    def generate(self, batch: Batch, true_cfg_scale: float = 1.0) -> list[PIL.Image.Image]:
+        """The images of ``batch`` from one pipeline call, made exactly as ``negguide generate`` makes them;
+        ``true_cfg_scale`` above 1 (guidance-distilled models) adds true classifier-free guidance."""
+        if true_cfg_scale == 1:
+            return self.call(lambda pipe: generate_images(pipe, batch))
+        return self.call(lambda pipe: _true_cfg_images(pipe, batch, true_cfg_scale))
+
+    def tokens(self, text: str) -> TokenCount:
+        """How much of ``text`` the model's text encoder reads (loads the model)."""
+        return self.call(lambda pipe: count_tokens(pipe.tokenizer, text))
+
+
+def count_tokens(tokenizer: object, text: str) -> TokenCount:
+    """``text``'s tokens under ``tokenizer`` (a transformers tokenizer that adds a start and an end token) and the
+    part of them its encoder reads: ``model_max_length`` less those two."""
+    ids = tokenizer(text, truncation=False, add_special_tokens=False).input_ids
+    kept = max(tokenizer.model_max_length - 2, 0)
+    return TokenCount(len(ids), min(len(ids), kept), tokenizer.decode(ids[:kept]))
+
+
+def demo_models(device: str | None = None) -> dict[str, DemoModel]:
+    """The embedded models whose weights are installed (`EMBEDDED_MODELS`), by name; the shapes world at least."""
+    models = {}
+    for name in EMBEDDED_MODELS:
+        try:
+            models[name] = DemoModel.from_model(name, device)
+        except InputError:
+            if not models:
+                raise
+    return models
+
+
+def _distilled_config(info: ModelInfo) -> bool:
+    if info.name == DISTILLED_MODEL_NAME:
+        return True
+    if info.source is None or info.embedded:
+        return False
+    try:
+        config = UNet2DConditionModel.load_config(info.source, subfolder="unet")
+    except (OSError, ValueError):
+        return False
+    return config.get("time_cond_proj_dim") is not None
+
+
+def _true_cfg_images(pipe: DiffusionPipeline, batch: Batch, true_cfg_scale: float) -> list[PIL.Image.Image]:
+    """`negguide.generate.generate_images`'s call with ``true_cfg_scale``."""
+    job = batch.groups[0][0]
+    return pipe(
+        prompt=[group[0].prompt for group in batch.groups],
+        negative_prompt=[group[0].negative_prompt for group in batch.groups],
+        num_images_per_prompt=len(batch.groups[0]),
+        guidance=batch.guidance(),
+        num_inference_steps=job.steps,
+        guidance_scale=job.guidance_scale,
+        guidance_rescale=job.guidance_rescale,
+        true_cfg_scale=true_cfg_scale,
+        width=job.width,
+        height=job.height,
+        generator=batch.generators(),
+        output_type="pil",
+    ).images

@@ -9,6 +9,7 @@ regenerated from the same initial latents), on the demo's model, one generation 
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,16 @@ from negguide.loading import DEFAULT_GUIDANCE_SCALE
 from negguide.removal import SEARCHES, RemovalResult, remove_object
 
 CSV_NAME = "negative-analysis.csv"
+SHOWN_SIDE = 256
+"""Images are shown at least this many pixels wide, enlarged by whole factors without blurring."""
+VERDICTS = {
+    "removed": "removed",
+    "present": "still there",
+    "recoloured": "recoloured in place, not removed",
+    "reshaped": "reshaped in place, not removed",
+    "replaced": "replaced in place by another object, not removed",
+}
+"""How the page words each outcome of a removal trial (`negguide.metrics.OUTCOMES`)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,36 @@ def analyse(model: DemoModel, run: NegativeRun, folder: Path) -> AnalysisView:
             width=model.info.width,
         )
     )
-    return AnalysisView(result.plot_image(), result.images[0], result.to_csv(folder / CSV_NAME), onset_summary(result))
+    return AnalysisView(
+        plot(result), enlarged(result.images[0]), result.to_csv(folder / CSV_NAME), onset_summary(result)
+    )
+
+
+def plot(result: AnalysisResult) -> PIL.Image.Image:
+    """`AnalysisResult.figure` as an image; when the negative acts on every step nothing is shaded (shading marks
+    the part of the run where it acts) and the axis says so."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = result.figure()
+    if all(result.active):
+        for ax in figure.axes:
+            for patch in list(ax.patches):
+                patch.remove()
+        figure.axes[-1].set_xlabel("step (the negative acts on every step)")
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    with PIL.Image.open(buffer) as image:
+        return image.convert("RGB")
+
+
+def enlarged(image: PIL.Image.Image, side: int = SHOWN_SIDE) -> PIL.Image.Image:
+    """``image`` scaled up by the smallest whole factor that makes it at least ``side`` pixels wide (nearest
+    neighbour: every pixel a square block), unchanged when it is that wide already."""
+    factor = -(-side // image.width)
+    if factor <= 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), PIL.Image.Resampling.NEAREST)
 
 
 def onset_summary(result: AnalysisResult) -> str:
@@ -144,10 +184,22 @@ def remove(model: DemoModel, run: NegativeRun) -> RemovalResult:
 
 
 def removal_gallery(result: RemovalResult) -> list[tuple[PIL.Image.Image, str]]:
-    """The plain image, then every trial labelled with its window and the detector's verdict."""
-    items = [(result.plain_image, "plain prompt")]
-    for trial in result.trials:
+    """The plain image, then every trial, numbered as in `removal_table`, with its window and outcome."""
+    items = [(enlarged(result.plain_image), "plain prompt")]
+    for number, trial in enumerate(result.trials, start=1):
         start, stop = trial.fractions
-        verdict = "still there" if trial.present else "removed"
-        items.append((trial.image, f"negative {start:.2f}-{stop:.2f}: {verdict}"))
+        items.append((enlarged(trial.image), f"{number}. {start:.2f}-{stop:.2f}: {trial.outcome}"))
     return items
+
+
+def removal_table(result: RemovalResult) -> str:
+    """Every trial as a Markdown table row: its number, the steps and part of the run the negative acted on, and
+    what became of the object (only "removed" counts)."""
+    if not result.trials:
+        return ""
+    lines = ["| trial | negative on steps | part of the run | the object |", "|---|---|---|---|"]
+    for number, trial in enumerate(result.trials, start=1):
+        (first, end), (start, stop) = trial.window, trial.fractions
+        verdict = VERDICTS.get(trial.outcome, trial.outcome)
+        lines.append(f"| {number} | {first}-{end - 1} of {result.steps} | {start:.2f}-{stop:.2f} | {verdict} |")
+    return "\n".join(lines)

@@ -37,6 +37,46 @@ RANGES: dict[tuple[type, str], tuple[float, float, float]] = {
     (View, "elevation"): (-90.0, 90.0, 1.0),
 }
 """``(minimum, maximum, step)`` of number settings shown as a slider."""
+ADVANCED = frozenset(
+    {
+        "perpneg.eps",
+        "perpneg.max_rows",
+        "perpneg.guidance_rescale",
+        "perpneg.view.schedule",
+        "perpneg.view.overhead_elevation",
+        "negtome.layers",
+        "negtome.min_scale",
+        "negtome.seed",
+        "nag.layers",
+        "nag.norm",
+    }
+)
+"""Settings the page leaves at their defaults (numerical safeguards, layer patterns, memory limits): Python and
+``negguide generate`` set them."""
+WINDOW = "the part of the run in which it acts: 0 is the first step, 1 the end"
+HELP = {
+    "negative_prompts.guidance_rescale": "0: off; towards 1 it tones down the harsh colours of a high guidance scale",
+    "perpneg.negative_scale": "how hard the negatives push (it multiplies their weights); 0 turns them off",
+    "perpneg.weight_mode": '"s*w": the negatives grow with the guidance scale, as in the paper; "w": they do not',
+    "perpneg.patch_size": "empty: one projection per image, as in the paper; k: one per k x k patch of the image",
+    "perpneg.view": "ask for one view of the object (front, side, back); the views' prompts are blended",
+    "perpneg.view.azimuth": "degrees around the object: 0 front, 90 side, 180 back",
+    "perpneg.view.elevation": "degrees above the horizon, -90 to 90",
+    "negtome.mode": '"batch": the images of a prompt push each other apart; "reference": each image pushes away '
+    "from the reference image",
+    "negtome.alpha": "how hard features that look alike are pushed apart (negative: pulled together)",
+    "negtome.threshold": "how alike two features must be to be pushed apart, -1 to 1 (1: never)",
+    "negtome.start": f"from: {WINDOW}",
+    "negtome.stop": f"until: {WINDOW}; the layout forms in the first fifth",
+    "negtome.anchor": 'batch mode: push away from the first image ("first") or from the most alike ("nearest")',
+    "nag.scale": "how hard the negative pushes, 1 or more (1: not at all); empty: the model's default, 3",
+    "nag.tau": "caps how far any one feature may be pushed, 1 or more",
+    "nag.alpha": "how much of the pushed result is kept, 0 to 1; empty: the model's default, 0.5",
+    "nag.start": f"from: {WINDOW}",
+    "nag.stop": f"until: {WINDOW}",
+    "nag.projection": 'empty: as in the paper; "perpendicular": push away only from what the prompt does not share',
+}
+"""Help texts in the page's words, replacing the docstrings' where the docstring speaks the papers' language."""
 
 _ARG = re.compile(r"(\w+) \(.*?\):\s*(.*)")
 
@@ -73,9 +113,14 @@ class SettingField:
         return ".".join((self.module, *self.path))
 
 
-def module_fields(name: str) -> list[SettingField]:
-    """The form fields of registered module ``name``, in the order of its dataclass fields."""
-    return _fields(registered(name, "module"), name, ())
+def module_fields(name: str, advanced: bool = False) -> list[SettingField]:
+    """The form fields of registered module ``name``, in the order of its dataclass fields, with the page's help
+    texts (`HELP`); without the `ADVANCED` ones unless ``advanced``."""
+    found = [
+        dataclasses.replace(field, info=HELP.get(field.key, field.info))
+        for field in _fields(registered(name, "module"), name, ())
+    ]
+    return [field for field in found if advanced or field.key not in ADVANCED]
 
 
 def _fields(cls: type, module: str, prefix: tuple[str, ...]) -> list[SettingField]:
@@ -171,6 +216,8 @@ def read_settings(fields: Sequence[SettingField], values: Mapping[str, Any]) -> 
 
 
 def _whole(field: SettingField, value: Any) -> Any:
+    if field.kind is str and field.default is None and value in ("", None):
+        return None  # an empty text box for an optional text
     if field.kind is int and isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
     return value

@@ -27,3 +27,8 @@ def setting_control(field: SettingField) -> gr.components.Component:
         minimum, maximum, step = field.bounds
         return gr.Slider(minimum, maximum, value=field.default, step=step, **common)
     return gr.Number(value=field.default, **common)
+
+
+def parameter_name(key: str) -> str:
+    """The API parameter of a control, e.g. ``perpneg_view_azimuth`` for ``perpneg.view.azimuth``."""
+    return key.replace(".", "_")

@@ -11,12 +11,13 @@ from typing import Any
 
 import gradio as gr
 import PIL.Image
+import torch
 from conftest import tiny_components
+from diffusers import UNet2DConditionModel
 from gradio_client import handle_file
 
 from negguide.demo.app import launch_demo
-from negguide.demo.compare_tab import GENERATE
-from negguide.demo.widgets import element_id
+from negguide.demo.widgets import parameter_name
 from negguide.pipelines import StableDiffusionNegGuidePipeline
 
 STEPS = 2
@@ -25,9 +26,17 @@ FAST = {"steps": STEPS}
 FILES = ("reference", "mask")
 
 
-def tiny_pipeline(cls: type[StableDiffusionNegGuidePipeline] = StableDiffusionNegGuidePipeline):
-    """The tiny test components as a negguide pipeline (64x64 images), progress bars off."""
-    pipe = cls(**tiny_components())
+def tiny_pipeline(
+    cls: type[StableDiffusionNegGuidePipeline] = StableDiffusionNegGuidePipeline, distilled: bool = False
+):
+    """The tiny test components as a negguide pipeline (64x64 images), progress bars off; ``distilled``: with a
+    guidance-distilled UNet (it takes the guidance scale as an embedding)."""
+    components = tiny_components()
+    if distilled:
+        torch.manual_seed(0)
+        config = {key: value for key, value in components["unet"].config.items() if not key.startswith("_")}
+        components["unet"] = UNet2DConditionModel.from_config({**config, "time_cond_proj_dim": 8})
+    pipe = cls(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -48,21 +57,13 @@ def served(demo: gr.Blocks) -> Iterator[str]:
         demo.close()
 
 
-def generate_arguments(demo: gr.Blocks, values: Mapping[str, Any]) -> list[Any]:
-    """The generate endpoint's arguments, in its order: ``values`` by form key (``"prompt"``,
-    ``"perpneg.negative_scale"``), every other input at its initial value; image files as uploads."""
-    [function] = [fn for fn in demo.fns.values() if fn.api_name == GENERATE]
-    by_id = {element_id(key): (key, value) for key, value in values.items()}
-    arguments = []
-    for component in function.inputs:
-        if component.elem_id in by_id:
-            key, value = by_id[component.elem_id]
-            arguments.append(handle_file(str(value)) if key in FILES and value else value)
-        else:
-            arguments.append(component.value)
-    unused = set(by_id) - {component.elem_id for component in function.inputs}
-    assert not unused, f"no such inputs: {unused}"
-    return arguments
+def generate_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The generate endpoint's keyword arguments for ``values`` by form key (``"prompt"``,
+    ``"perpneg.negative_scale"``); image files as uploads. Every other input takes its default."""
+    return {
+        parameter_name(key): handle_file(str(value)) if key in FILES and value else value
+        for key, value in values.items()
+    }
 
 
 def solid_png(path: Path, size: tuple[int, int], colour: tuple[int, int, int] = (30, 60, 220)) -> Path:

@@ -13,8 +13,9 @@ from demo_helpers import FAST, solid_png, tiny_pipeline
 from generate_helpers import pixels, save_tiny_model
 
 from negguide.cli import build_parser, main
-from negguide.demo.comparison import Comparison, compare, method_choices
-from negguide.demo.examples import examples
+from negguide.demo.changes import changed_settings
+from negguide.demo.comparison import MODULES, Comparison, compare, method_choices
+from negguide.demo.examples import example_note, examples
 from negguide.demo.form import form_defaults, read_form
 from negguide.demo.model import DemoModel
 from negguide.demo.settings import module_fields, read_settings
@@ -23,8 +24,8 @@ from negguide.metadata import parse_infotext, read_png_metadata
 from negguide.modules import Negative, PerpNeg
 from negguide.views import View
 
-FIELDS = [field for name in ("negative_prompts", "perpneg", "negtome") for field in module_fields(name)]
-TITLES = ["plain prompt", "standard negative", "Perp-Neg", "NegToMe", "Perp-Neg + NegToMe"]
+FIELDS = [field for name in MODULES for field in module_fields(name)]
+TITLES = ["plain prompt", "standard negative", "Perp-Neg", "NegToMe", "NAG", "Perp-Neg + NegToMe"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,9 @@ def test_every_method_gives_labelled_images_on_the_same_seeds(model: DemoModel, 
 
 
 def test_images_carry_the_batch_commands_metadata(model: DemoModel, tmp_path: Path) -> None:
-    [_, _, perpneg] = run(model, tmp_path, prompt="a red circle", seed=3)
+    [_, _, perpneg] = run(
+        model, tmp_path, prompt="a red circle", negatives=[["red square", 1, 0, 1]], seed=3, methods=["perpneg"]
+    )
     parameters, config = read_png_metadata(perpneg.files[0])
     parsed = parse_infotext(parameters)
     assert parsed["Prompt"] == "a red circle"
@@ -85,13 +88,25 @@ def test_every_example_runs(model: DemoModel, tmp_path: Path, example) -> None:
     assert all(len(column.files) == expected["images"] for column in columns)
 
 
+def test_the_first_example_is_the_initial_form_and_every_example_sets_known_controls(model: DemoModel) -> None:
+    defaults = values(model)
+    first = examples()[0]
+    assert all(defaults[key] == value for key, value in first.values.items())
+    assert example_note(defaults) == first.note != ""
+    overlap = next(example for example in examples() if example.values["prompt"] == "a red circle")
+    assert "Why the standard negative fails here" in overlap.note
+    for example in examples():
+        assert set(example.values) <= set(defaults), example.title
+
+
 def test_settings_are_the_modules_dataclass_fields() -> None:
-    keys = [field.key for field in module_fields("perpneg")]
+    keys = [field.key for field in module_fields("perpneg", advanced=True)]
     scalar = [f"perpneg.{f.name}" for f in dataclasses.fields(PerpNeg) if f.name not in ("negatives", "view")]
     view = [f"perpneg.view.{f.name}" for f in dataclasses.fields(View)]
     assert sorted(keys) == sorted([*scalar, "perpneg.view", *view])
     weight_mode = next(field for field in module_fields("perpneg") if field.key == "perpneg.weight_mode")
     assert weight_mode.choices == ("s*w", "w") and "guidance scale" in weight_mode.info
+    assert "perpneg.eps" not in [field.key for field in module_fields("perpneg")]
 
 
 def test_settings_keep_only_changes_and_nest_the_view() -> None:
@@ -103,8 +118,10 @@ def test_settings_keep_only_changes_and_nest_the_view() -> None:
 
 
 def test_perpneg_view_comes_from_the_azimuth_control(model: DemoModel, tmp_path: Path) -> None:
-    comparison = read_form(values(model, perpneg__view=True, **{"perpneg.view.azimuth": 90.0}), FIELDS)
-    [*_, (_, batch)] = comparison.columns(model.info)
+    comparison = read_form(
+        values(model, methods=["perpneg"], perpneg__view=True, **{"perpneg.view.azimuth": 90.0}), FIELDS
+    )
+    batch = comparison.columns(model.info)[-1].batch
     assert batch.jobs[0].guidance[0]["view"]["azimuth"] == 90.0
 
 
@@ -115,7 +132,7 @@ def test_reference_and_mask_reach_negtome_at_the_image_size(model: DemoModel, tm
     comparison = read_form(
         values(model, methods=["negtome"], negtome__mode="reference", reference=reference, mask=mask), FIELDS
     )
-    [*_, (_, batch)] = comparison.columns(model.info)
+    batch = comparison.columns(model.info)[-1].batch
     negtome = batch.guidance()[-1]
     assert negtome.mode == "reference"
     assert negtome.reference_images[0].size == (64, 64) and bool(negtome.reference_masks[0].all())
@@ -141,7 +158,14 @@ BAD_INPUT = {
         "`Perp-Neg settings`: perpneg: `negative_scale` must be >= 0",
     ),
     "NaN azimuth": ({"perpneg.view": True, "perpneg.view.azimuth": float("nan")}, "`View.azimuth` must be a finite"),
-    "unknown method": ({"methods": ["nag"]}, "`Methods`: unknown 'nag'"),
+    "unknown method": ({"methods": ["sag"]}, "`Methods`: unknown 'sag'"),
+    "steps 0 is not clamped": ({"steps": 0}, "`Steps` must lie between 1 and 100, got 0"),
+    "steps 100000 is not clamped": ({"steps": 100000}, "`Steps` must lie between 1 and 100, got 100000"),
+    "true CFG below 1": ({"true_cfg_scale": 0.5}, "`True CFG scale` must lie between 1.0 and 20.0"),
+    "NAG with a windowed negative": (
+        {"methods": ["nag"], "negatives": [["blue", 1, 0.2, 1]]},
+        "`Negatives`: NAG takes one negative of weight 1 acting over the whole run",
+    ),
     "NegToMe batch mode with one image": ({"methods": ["negtome"]}, "`Images per method`: NegToMe in batch mode"),
 }
 
@@ -156,8 +180,9 @@ def test_bad_input_is_a_readable_error_naming_the_control(model: DemoModel, tmp_
 def test_uploads_that_are_not_images_or_too_large_are_refused(model: DemoModel, tmp_path: Path) -> None:
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    with pytest.raises(ValueError, match="`Reference image`: notes.png is not an image that can be read"):
+    with pytest.raises(ValueError, match="`Reference image`: notes.png is not an image that can be read") as error:
         run(model, tmp_path, methods=["negtome"], negtome__mode="reference", reference=text)
+    assert str(tmp_path) not in str(error.value)
     huge = tmp_path / "huge.png"
     PIL.Image.new("L", (5000, 4000)).save(huge)
     with pytest.raises(ValueError, match=r"`Reference image` is 5000x4000 pixels, more than the 16.8 megapixels"):
@@ -192,3 +217,49 @@ def test_comparison_checks_direct_construction() -> None:
 def test_the_demo_command_serves_this_machine_only_by_default() -> None:
     args = build_parser().parse_args(["demo", "--port", "9000"])
     assert (args.host, args.port, args.share, args.model) == ("127.0.0.1", 9000, False, None)
+
+
+def test_nag_on_a_distilled_model_is_one_evaluation_and_the_standard_negative_needs_true_cfg(model) -> None:
+    distilled = DemoModel.from_pipeline(tiny_pipeline(distilled=True), name="tiny-distilled")
+    assert distilled.distilled and not model.distilled
+    comparison = read_form(values(model, methods=["perpneg", "nag"], true_cfg_scale=4.0), FIELDS)
+    rows = comparison.columns(distilled.info, distilled=True)
+    assert [(row.title, row.true_cfg_scale) for row in rows] == [
+        ("plain prompt", 1.0),
+        ("standard negative", 4.0),
+        ("Perp-Neg", 4.0),
+        ("NAG", 1.0),
+    ]
+    assert [row.true_cfg_scale for row in comparison.columns(model.info)] == [1.0] * 4
+    nag = rows[-1].batch
+    assert [module["name"] for module in nag.jobs[0].guidance] == ["nag"]
+    assert nag.jobs[0].negative_prompt == "blue triangle"
+    only_nag = read_form(values(model, methods=["nag"], true_cfg_scale=1.0), FIELDS)
+    with pytest.raises(ValueError, match="`True CFG scale` is 1: .* standard negative act through true"):
+        only_nag.columns(distilled.info, distilled=True)
+
+
+def test_texts_longer_than_the_model_reads_are_counted(model: DemoModel) -> None:
+    short = model.tokens("a red square")
+    assert (short.total, short.truncated) == (short.kept, False)
+    long = model.tokens("a red square " * 2000)
+    assert long.truncated and long.total >= 6000 and long.kept < long.total
+    assert long.kept_text.split()[:3] == ["a", "red", "square"]
+
+
+def test_the_settings_a_request_changed_are_listed() -> None:
+    defaults = {field.key: field.default for field in FIELDS}
+    changed = {**defaults, "negtome.alpha": 3.0, "negtome.anchor": "nearest", "reference": "/tmp/x/blue-triangle.png"}
+    assert changed_settings(changed, defaults, FIELDS) == [
+        "NegToMe alpha: 3 (initially 0.9)",
+        "NegToMe anchor: nearest (initially first)",
+        "NegToMe reference image: blue-triangle.png",
+    ]
+    assert changed_settings(defaults, defaults, FIELDS) == []
+
+
+def test_page_help_texts_are_plain_words() -> None:
+    infos = {field.key: field.info for field in FIELDS}
+    assert "timesteps" not in infos["negtome.stop"] and "0 is the first step" in infos["negtome.stop"]
+    assert "negtome.layers" not in infos and "nag.layers" not in infos
+    assert all(info for info in infos.values())

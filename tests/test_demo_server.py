@@ -1,5 +1,6 @@
-"""The web demo served on 127.0.0.1 and called with `gradio_client`: readable errors that leave the app serving,
-downloads that carry the batch command's metadata, and eight clients at once served in queue order."""
+"""The web demo served on 127.0.0.1 and called with `gradio_client`: named API parameters, readable errors that
+leave the app serving (out-of-range values refused, not clamped), truncated prompts reported, downloads that carry
+the batch command's metadata, and eight clients at once served in queue order."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from negguide.pipelines import StableDiffusionNegGuidePipeline
 
 CLIENTS = 8
 COLUMNS = 3  # the plain prompt, the standard negative, Perp-Neg
+PERPNEG = {**FAST, "methods": ["perpneg"]}
 QUEUED = (Status.IN_QUEUE,)
 
 
@@ -47,8 +49,27 @@ def gallery_files(result: tuple) -> list[tuple[str, str]]:
     return [(item["image"], item["caption"]) for item in gallery]
 
 
+def summary(result: tuple) -> str:
+    """The summary line under the gallery."""
+    [line] = [output for output in result if isinstance(output, str) and "Seed " in output]
+    return line
+
+
+def test_the_api_names_every_parameter_with_a_type_and_a_default(server) -> None:
+    _, url, _ = server
+    api = Client(url, verbose=False).view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for endpoint in ("/generate", "/analyse", "/remove"):
+        parameters = api[endpoint]["parameters"]
+        names = [parameter["parameter_name"] for parameter in parameters]
+        assert not [name for name in names if name.startswith("param_")], endpoint
+        assert all(parameter["parameter_has_default"] for parameter in parameters), endpoint
+    generate = {parameter["parameter_name"]: parameter for parameter in api["/generate"]["parameters"]}
+    assert {"prompt", "negatives", "methods", "seed", "steps", "negtome_alpha", "nag_scale"} <= set(generate)
+    assert generate["steps"]["python_type"]["type"] == "float" and generate["prompt"]["parameter_default"]
+
+
 def test_bad_requests_get_readable_errors_and_the_app_keeps_serving(server, tmp_path: Path) -> None:
-    demo, url, _ = server
+    _, url, _ = server
     client = Client(url, verbose=False)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
@@ -59,21 +80,37 @@ def test_bad_requests_get_readable_errors_and_the_app_keeps_serving(server, tmp_
     reference = {"methods": ["negtome"], "negtome.mode": "reference"}
     bad = [
         ({"prompt": ""}, "`Prompt` is empty"),
-        ({"steps": 1000}, "1000 is greater than maximum value 100"),
+        ({"steps": 0}, r"`Steps` must lie between 1 and 100, got 0\."),
+        ({"steps": 100000}, r"`Steps` must lie between 1 and 100, got 100000\."),
+        ({"images": 9}, "`Images per method` must lie between 1 and 4, got 9"),
         ({"perpneg.negative_scale": -2.0}, "`Perp-Neg settings`: perpneg: `negative_scale` must be >= 0"),
         ({**reference, "reference": text}, "`Reference image`: notes.png is not an image that can be read"),
         ({**reference, "reference": other}, "Invalid file type"),
         ({**reference, "reference": huge}, "`Reference image` is 5000x4000 pixels"),
     ]
     for values, message in bad:
-        with pytest.raises(AppError, match=message):
-            client.predict(*generate_arguments(demo, {**FAST, **values}), api_name="/generate")
-    result = client.predict(*generate_arguments(demo, {**FAST, "prompt": "a green circle"}), api_name="/generate")
+        with pytest.raises(AppError, match=message) as error:
+            client.predict(**generate_arguments({**PERPNEG, **values}), api_name="/generate")
+        assert "/tmp/" not in str(error.value) and "gradio" not in str(error.value).lower()
+    result = client.predict(**generate_arguments({**PERPNEG, "prompt": "a green circle"}), api_name="/generate")
     assert [caption for _, caption in gallery_files(result)] == ["plain prompt", "standard negative", "Perp-Neg"]
 
 
+def test_a_prompt_longer_than_the_model_reads_is_reported_with_the_tokens_kept(server) -> None:
+    _, url, _ = server
+    client = Client(url, verbose=False)
+    long = ("a red square and a blue triangle " * 400)[:10_000]
+    result = client.predict(**generate_arguments({**PERPNEG, "prompt": long}), api_name="/generate")
+    line = summary(result)
+    assert "`Prompt` is " in line and "tokens long; the model reads the first " in line
+    kept = int(line.split("the model reads the first ")[1].split()[0])
+    assert 0 < kept < int(line.split("`Prompt` is ")[1].split()[0].replace(",", ""))
+    short = client.predict(**generate_arguments(PERPNEG), api_name="/generate")
+    assert "tokens long" not in summary(short)
+
+
 def test_downloads_are_pngs_with_the_batch_metadata(server, tmp_path: Path) -> None:
-    demo, url, _ = server
+    _, url, _ = server
     client = Client(url, verbose=False, download_files=str(tmp_path))
     values = {
         **FAST,
@@ -84,7 +121,7 @@ def test_downloads_are_pngs_with_the_batch_metadata(server, tmp_path: Path) -> N
         "reference": None,
         "negtome.mode": "batch",
     }
-    files = gallery_files(client.predict(*generate_arguments(demo, values), api_name="/generate"))
+    files = gallery_files(client.predict(**generate_arguments(values), api_name="/generate"))
     assert [caption for _, caption in files] == [
         f"{title}, seed {seed}" for title in ("plain prompt", "standard negative", "NegToMe") for seed in (11, 12)
     ]
@@ -97,14 +134,14 @@ def test_downloads_are_pngs_with_the_batch_metadata(server, tmp_path: Path) -> N
 
 
 def test_eight_clients_at_once_all_served_in_queue_order(server) -> None:
-    demo, url, calls = server
+    _, url, calls = server
     with ThreadPoolExecutor(CLIENTS) as pool:
         clients = list(pool.map(lambda _: Client(url, verbose=False), range(CLIENTS)))
     calls.clear()
     prompts = [f"a red circle number {i}" for i in range(CLIENTS)]
     jobs = []
     for client, prompt in zip(clients, prompts):
-        jobs.append(client.submit(*generate_arguments(demo, {**FAST, "prompt": prompt}), api_name="/generate"))
+        jobs.append(client.submit(**generate_arguments({**PERPNEG, "prompt": prompt}), api_name="/generate"))
         _wait_until(jobs[-1], QUEUED)
     with ThreadPoolExecutor(CLIENTS) as pool:
         results = list(pool.map(lambda job: job.result(timeout=120), jobs))
@@ -122,14 +159,14 @@ def _wait_until(job, states: tuple[Status, ...], timeout_s: float = 60.0) -> Non
 
 
 def test_a_cancelled_generation_stops_and_the_next_one_runs(server) -> None:
-    demo, url, calls = server
+    _, url, calls = server
     client = Client(url, verbose=False)
     calls.clear()
-    slow = {"prompt": "a slow red circle", "steps": 40}
-    job = client.submit(*generate_arguments(demo, slow), api_name="/generate")
+    slow = {"prompt": "a slow red circle", "steps": 40, "methods": ["perpneg"]}
+    job = client.submit(**generate_arguments(slow), api_name="/generate")
     _wait_until(job, (Status.PROCESSING, Status.ITERATING, Status.PROGRESS))
     assert job.cancel()
-    result = client.predict(*generate_arguments(demo, {**FAST, "prompt": "a green square"}), api_name="/generate")
+    result = client.predict(**generate_arguments({**PERPNEG, "prompt": "a green square"}), api_name="/generate")
     assert len(gallery_files(result)) == COLUMNS
     assert calls.count(slow["prompt"]) < COLUMNS
     assert job.status().code == Status.CANCELLED
