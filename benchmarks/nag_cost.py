@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--size", type=int, default=256, help="image side of the SD 1.5-shaped UNet")
-    parser.add_argument("--true-cfg-scale", type=float, default=2.0)
+    parser.add_argument("--true-cfg-scale", type=float, default=1.5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="2 timing rounds, 2 steps")
     parser.add_argument("--no-save", action="store_true", help="print only; store no run")

@@ -96,7 +96,7 @@ def main() -> None:
         help="guidance_scale (the CFG scale, or the distilled model's embedded scale)",
     )
     parser.add_argument(
-        "--true-cfg-scale", type=float, default=2.0, help="true CFG scale of 'standard' on a guidance-distilled model"
+        "--true-cfg-scale", type=float, default=1.5, help="true CFG scale of 'standard' on a guidance-distilled model"
     )
     parser.add_argument("--method", action="append", help="repeatable; default: standard, nag")
     parser.add_argument("--min-rate", type=float, default=25.0, help="companion cases counted in the goal, %%")
