@@ -26,8 +26,9 @@ own:
           "x": ["stock diffusers", "negguide"],
           "series": {"s/call": [2.123, 2.087]},
           "xlabel": "pipeline", "ylabel": "seconds"
-        }
-      ]
+        },
+        {"title": "Pictures", "kind": "image", "file": "grid.png"}   # a PNG stored beside the run as
+      ]                                                                # <run file's stem>-grid.png
     }
 
 Every figure on the page comes from these numbers: a benchmark's prose (``summary``, ``note``) states what is

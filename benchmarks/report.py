@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         ("--seeds", "1", "--steps", "2", "--cases", "3", "--weights", "1", "--modes", "s*w"),
     ),
     "negative_timing": Benchmark((), ("--seeds", "2", "--steps", "2", "--cases", "2", "--threads", "1")),
+    "gallery": Benchmark((), ("--seeds", "1", "--steps", "2")),
 }
 """The benchmarks the command runs, in the page's order."""
 
@@ -91,9 +93,13 @@ def load_run(path: Path) -> dict[str, Any]:
                 raise ValueError(f"{path}: table {entry['title']!r} has a row of {len(row)} cells for "
                                  f"{len(columns)} columns.")
     for figure in results.get("figures", []):
-        if figure.get("kind", "line") not in ("bar", "line"):
-            raise ValueError(f"{path}: figure {figure.get('title')!r} has kind {figure.get('kind')!r}, not bar or line.")
-        if any(len(values) != len(figure["x"]) for values in figure["series"].values()):
+        kind = figure.get("kind", "line")
+        if kind not in ("bar", "line", "image"):
+            raise ValueError(f"{path}: figure {figure.get('title')!r} has kind {kind!r}, not bar, line or image.")
+        if kind == "image" and not path.with_name(f"{path.stem}-{figure.get('file')}").is_file():
+            raise ValueError(f"{path}: figure {figure.get('title')!r} names {figure.get('file')!r}, but "
+                             f"{path.stem}-{figure.get('file')} is not beside the run.")
+        if kind != "image" and any(len(values) != len(figure["x"]) for values in figure["series"].values()):
             raise ValueError(f"{path}: figure {figure.get('title')!r} has a series of another length than `x`.")
     return run
 
@@ -181,7 +187,11 @@ def render(store: Path = RUNS, page: Path = PAGE, root: Path = ROOT) -> str:
                 lines += ["", entry["note"]]
         for figure in results.get("figures", []):
             file = figures_folder / f"{name}-{slug(figure['title'])}.png"
-            plot(figure, file)
+            if figure.get("kind") == "image":
+                file.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(files[-1].with_name(f"{files[-1].stem}-{figure['file']}"), file)
+            else:
+                plot(figure, file)
             lines += ["", f"![{figure['title']}](results/{file.name})"]
     text = "\n".join(lines) + "\n"
     page.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import sys
+import types
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -67,11 +68,12 @@ def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     """Every Python block of a page runs on the embedded model, in order, in one namespace, as a reader would."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # a page may register a module of its own
-    namespace: dict[str, object] = {"__name__": "__docs__"}
+    module = types.ModuleType("docs_page")  # a real module, as the dataclasses a page defines need one
+    monkeypatch.setitem(sys.modules, module.__name__, module)
     for block in blocks(page):
         if block.language == "python" and block.skip is None:
             # Running the documentation's own code is what this test is for.
-            exec(compile(block.code, f"{name(page)}:{block.line}", "exec"), namespace)  # noqa: S102
+            exec(compile(block.code, f"{name(page)}:{block.line}", "exec"), module.__dict__)  # noqa: S102
 
 
 def test_only_python_blocks_are_skipped_and_each_says_why():
