@@ -14,7 +14,7 @@ unless ``--alpha``, ``--threshold``, ``--start``, ``--stop`` or ``--layers`` say
 Each measure is taken twice: on pixels (RMS distance, `negguide.metrics.batch_diversity` and `similarity`) and
 on what the images hold (the detector's object kinds, `negguide.metrics.composition_diversity` and
 `composition_similarity`); on this world's white background the pixel distance of two images whose objects do
-not overlap does not depend on where the objects are. Two tables are printed:
+not overlap does not depend on where the objects are. Two tables are printed and stored (`record.save`):
 
 1. *Diversity*: the mean pairwise distance within a batch, the share of images holding every object their
    prompt names (the detector's verdict) and the share holding an object it does not name, without NegToMe and
@@ -37,6 +37,7 @@ import time
 from collections.abc import Sequence
 
 import PIL.Image
+import record
 import torch
 
 import negguide
@@ -141,17 +142,12 @@ class Scores:
         spread = statistics.stdev(differences) if len(differences) > 1 else 0.0
         return statistics.fmean(differences), 1.96 * spread / math.sqrt(len(differences))
 
-    def table(self, runs: Sequence[str], kind: str, base: str) -> str:
-        """A Markdown table of the ``kind`` ("diversity" or "similarity") measures, adherence and the share of
-        images with unnamed objects, with each run's change from ``base`` and the change's 95% interval over the
-        batches."""
-        lines = [
-            (f"| run | pixel {kind} | change % | composition {kind} | change % | named objects % | change (points) "
-             "| with extra objects % | change (points) |"),
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
+    def rows(self, runs: Sequence[str], kind: str, base: str) -> list[list[str]]:
+        """Rows of the ``kind`` ("diversity" or "similarity") measures, adherence and the share of images with
+        unnamed objects, with each run's change from ``base`` and the change's 95% interval over the batches."""
+        rows = []
         for run in runs:
-            cells = []
+            cells = [run]
             for measure in (f"pixel {kind}", f"composition {kind}"):
                 reference = self.mean(base, measure)
                 difference, interval = self.change(run, base, measure)
@@ -162,8 +158,13 @@ class Scores:
             for measure in ("named", "extra"):
                 difference, interval = self.change(run, base, measure)
                 cells += [f"{100 * self.mean(run, measure):.1f}", f"{100 * difference:+.1f} ± {100 * interval:.1f}"]
-            lines.append(f"| {run} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+            rows.append(cells)
+        return rows
+
+
+def columns(kind: str) -> list[str]:
+    return ["run", f"pixel {kind}", "change %", f"composition {kind}", "change %", "named objects %",
+            "change (points)", "with extra objects %", "change (points)"]
 
 
 def main() -> None:
@@ -183,6 +184,7 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="seed of the first image; the others count up")
     parser.add_argument("--per-call", type=int, default=6, help="batches per pipeline call in batch mode")
     parser.add_argument("--threads", type=int, default=2)
+    record.add_store_argument(parser)
     args = parser.parse_args()
     if args.first_seed < 0:
         parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
@@ -219,12 +221,26 @@ def main() -> None:
         f"[{args.start}, {args.stop}), layers {args.layers!r}"
     )
     masking = ", reference masked to the companion" if args.mask_companion else ""
-    print(f"\n### Batch diversity: {header}\n")
-    print(scores.table(list(batch_methods), "diversity", base))
-    print(f"\n### Reference image: {header}{masking}\n")
-    print(scores.table([base, reference_run], "similarity", base))
+    results = {
+        "title": "Quality of NegToMe",
+        "summary": (
+            "NegToMe on the shapes world, batch diversity and steering away from a reference, against the same "
+            "prompts and seeds without it: pixel and composition measures, adherence (every named object present) "
+            "and images with unnamed objects; changes are means of per-batch differences with a 95% interval."
+        ),
+        "tables": [
+            record.table(f"Batch diversity: {header}", columns("diversity"),
+                         scores.rows(list(batch_methods), "diversity", base)),
+            record.table(f"Reference image: {header}{masking}", columns("similarity"),
+                         scores.rows([base, reference_run], "similarity", base)),
+        ],
+    }
+    record.show(results)
     images = args.batches * args.images * (len(batch_methods) + 1)
     print(f"\n{images} images in {time.perf_counter() - started:.0f} s")
+    stored = {**settings, "batches": args.batches, "images": args.images, "steps": args.steps, "scale": args.scale,
+              "mask_companion": args.mask_companion, "first_seed": args.first_seed}
+    print(record.save("negtome_quality", stored, results, model=record.model_identity(args.model), folder=args.store))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,10 @@ BENCHMARKS: dict[str, Benchmark] = {
         ("--seeds", "1", "--steps", "2", "--cases", "3", "--weights", "1", "--modes", "s*w"),
     ),
     "negative_timing": Benchmark((), ("--seeds", "2", "--steps", "2", "--cases", "2", "--threads", "1")),
+    "negtome_quality": Benchmark(
+        ("--alpha", "3", "--threshold", "0.5", "--start", "0.1", "--stop", "0.5", "--mask-companion"),
+        ("--batches", "2", "--images", "2", "--steps", "2", "--per-call", "2", "--threads", "1"),
+    ),
     "gallery": Benchmark((), ("--seeds", "1", "--steps", "2")),
 }
 """The benchmarks the command runs, in the page's order."""
