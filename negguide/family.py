@@ -14,6 +14,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+from diffusers.utils import logging
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from negguide.branches import CallInfo, EncoderTexts, Step, Text, TextKey
@@ -22,6 +23,8 @@ from negguide.image_conditions import ImageConditions, adapter_fields, per_image
 from negguide.image_tokens import image_token_outputs
 from negguide.layout import BatchLayout
 from negguide.modules.base import PatchContext
+
+logger = logging.get_logger(__name__)
 
 Callback = Callable[..., dict] | PipelineCallback | MultiPipelineCallbacks
 Prompt = str | list[str] | None
@@ -230,17 +233,24 @@ def ip_adapter_conditions(
     return ImageConditions(adapter_fields(field, positive), adapter_fields(field, negative))
 
 
-def true_cfg(negative: bool, true_cfg_scale: float) -> bool:
+def true_cfg(negative: bool, true_cfg_scale: float, *, strict: bool = True) -> bool:
     """Whether a guidance-distilled model runs true classifier-free guidance: ``true_cfg_scale > 1`` and something
-    ``negative`` (the stock Flux pipeline's rule). A negative with ``true_cfg_scale <= 1`` is a ValueError: such a
-    model has no unconditional branch of its own, and the stock pipelines ignore the negative silently."""
+    ``negative`` (the stock Flux pipeline's rule).
+
+    A negative with ``true_cfg_scale <= 1`` would be ignored: such a model has no unconditional branch of its own.
+    With ``strict`` (a guidance module was asked for) that is a ValueError; otherwise (the stock call, ``guidance``
+    left out) the negative is ignored as in diffusers, with a warning.
+    """
     if negative and true_cfg_scale <= 1:
-        raise ValueError(
+        message = (
             f"`true_cfg_scale` is {true_cfg_scale}, so the negative prompt would be ignored: a guidance-distilled model "
             "applies negatives through true classifier-free guidance, which runs only with `true_cfg_scale` > 1 (a "
             "second evaluation per step). Set e.g. true_cfg_scale=4.0, use guidance='nag' (negatives inside "
             "attention, one evaluation per step), or leave the negative out."
         )
+        if strict:
+            raise ValueError(message)
+        logger.warning(message)
     return true_cfg_scale > 1 and negative
 
 

@@ -96,8 +96,9 @@ class FluxNegGuidePipeline(FluxPipeline):
                 (the paper's Flux settings).
 
         Guidance runs when ``true_cfg_scale > 1`` and there is something negative (a ``negative_prompt``, even
-        ``""``, negative embeddings, or a module's own negatives), as in the stock pipeline; a negative with
-        ``true_cfg_scale <= 1`` raises a ValueError instead of being ignored.
+        ``""``, negative embeddings, or a module's own negatives), as in the stock pipeline. A negative with
+        ``true_cfg_scale <= 1`` is ignored with a warning when ``guidance`` is left out (as in diffusers), and raises
+        a ValueError when a guidance module is asked for.
 
         IP-Adapter image embeddings condition the prompt's branch; every other branch (the empty-prompt baseline,
         negatives, Perp-Neg's rows) takes the negative ones: ``negative_ip_adapter_image(_embeds)``, by default the
@@ -195,7 +196,9 @@ class FluxNegGuidePipeline(FluxPipeline):
             negative_prompt=negative_prompt,
             forward_context=cache_contexts(self.transformer),
         )
-        guided = true_cfg(guide.has_negative(negative_prompt, negative_prompt_embeds), true_cfg_scale)
+        guided = true_cfg(
+            guide.has_negative(negative_prompt, negative_prompt_embeds), true_cfg_scale, strict=guidance is not None
+        )
         given_both = prompt_embeds is not None and negative_prompt_embeds is not None
         if guided and given_both and prompt_embeds.shape != negative_prompt_embeds.shape:
             raise ValueError(

@@ -185,7 +185,7 @@ def test_patchers_see_and_change_image_tokens_only(pipe, text_tokens):
 
 
 BAD_CALLS = {
-    "negative prompt without true cfg": ({"negative_prompt": "blurry"}, "ignored"),
+    "negative prompt without true cfg": ({"negative_prompt": "blurry", "guidance": "negative_prompts"}, "ignored"),
     "module negatives without true cfg": ({"guidance": PerpNeg(["blurry"]), "true_cfg_scale": 1.0}, "ignored"),
     "prompt_2 length": ({"prompt_2": ["a", "b", "c"]}, "prompt_2"),
 }
