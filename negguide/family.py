@@ -282,7 +282,7 @@ def flow_patch_context(
     def encode_image(image: PIL.Image.Image) -> torch.Tensor:
         pixels = pipe.image_processor.preprocess(image=image.convert("RGB"), height=height, width=width)
         pixels = pixels.to(device=get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
-        latents = pipe.vae.encode(x=pixels).latent_dist.mode()
+        latents = pipe.vae.encode(pixels).latent_dist.mode()
         latents = (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
         latents = latents.to(device=pipe._execution_device, dtype=network.dtype)
         return (latents if pack is None else pack(latents))[0]
@@ -298,5 +298,5 @@ def decode_flow_latents(pipe: DiffusionPipeline, latents: torch.Tensor, output_t
     if output_type == "latent":
         return latents
     latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-    image = pipe.vae.decode(z=latents.to(get_module_execution_device(pipe.vae)), return_dict=False)[0]
+    image = pipe.vae.decode(latents.to(get_module_execution_device(pipe.vae)), return_dict=False)[0]
     return pipe.image_processor.postprocess(image=image, output_type=output_type)

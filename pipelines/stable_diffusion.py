@@ -219,9 +219,7 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
         if output_type == "latent":
             image, has_nsfw_concept = latents, None
         else:
-            image = self.vae.decode(z=latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[
-                0
-            ]
+            image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
             image, has_nsfw_concept = self.run_safety_checker(image=image, device=device, dtype=dtype)
         do_denormalize = [True] * len(image) if has_nsfw_concept is None else [not nsfw for nsfw in has_nsfw_concept]
         image = self.image_processor.postprocess(image=image, output_type=output_type, do_denormalize=do_denormalize)
@@ -269,7 +267,7 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
         def encode_image(image: PIL.Image.Image) -> torch.Tensor:
             pixels = self.image_processor.preprocess(image=image.convert("RGB"), height=height, width=width)
             pixels = pixels.to(device=self._execution_device, dtype=self.vae.dtype)
-            latents = self.vae.encode(x=pixels).latent_dist.mode() * self.vae.config.scaling_factor
+            latents = self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor
             return latents[0].to(self.unet.dtype)
 
         def add_noise(latents: torch.Tensor, noise: torch.Tensor, step: Step) -> torch.Tensor:

@@ -352,7 +352,7 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
         with self._vae_in_float32_if_needed():
             latents = latents.to(device=get_module_execution_device(self.vae), dtype=self.vae.dtype)
             mean, std = self._latent_statistics(latents)
-            image = self.vae.decode(z=latents * std / self.vae.config.scaling_factor + mean, return_dict=False)[0]
+            image = self.vae.decode(latents * std / self.vae.config.scaling_factor + mean, return_dict=False)[0]
         if self.watermark is not None:
             image = self.watermark.apply_watermark(images=image)
         return self.image_processor.postprocess(image=image, output_type=output_type)
@@ -366,7 +366,7 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
             pixels = self.image_processor.preprocess(image=image.convert("RGB"), height=height, width=width)
             with self._vae_in_float32_if_needed():
                 pixels = pixels.to(device=get_module_execution_device(self.vae), dtype=self.vae.dtype)
-                latents = self.vae.encode(x=pixels).latent_dist.mode()
+                latents = self.vae.encode(pixels).latent_dist.mode()
                 mean, std = self._latent_statistics(latents)
                 latents = (latents - mean) * self.vae.config.scaling_factor / std
             return latents[0].to(device=self._execution_device, dtype=self.unet.dtype)
