@@ -143,26 +143,23 @@ def plot(figure: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def describe(run: dict[str, Any], path: Path, root: Path) -> str:
-    """The line that says where a run's numbers come from."""
+def describe(run: dict[str, Any], path: Path) -> str:
+    """The line that says where a run's numbers come from (its file named within the store)."""
     machine = run.get("machine") or {}
     where = f"{machine.get('cpu', 'an unknown CPU')}, {machine.get('cores')} cores, {machine.get('torch_threads')} " \
             "torch threads"
     if machine.get("gpu"):
         where += f", {machine['gpu']}"
     commit = run.get("commit") or "unknown"
-    try:
-        shown = path.resolve().relative_to(root)
-    except ValueError:
-        shown = path
     settings = json.dumps(run.get("settings", {}), sort_keys=True)
     return (
         f"Run of {run.get('date')} at commit `{commit}` on {where}; torch {machine.get('torch')}, Python "
-        f"{machine.get('python')}; model `{run.get('model')}`; settings `{settings}`; stored as `{shown}`."
+        f"{machine.get('python')}; model `{run.get('model')}`; settings `{settings}`; stored as "
+        f"`{path.parent.name}/{path.name}`."
     )
 
 
-def render(store: Path = RUNS, page: Path = PAGE, root: Path = ROOT) -> str:
+def render(store: Path = RUNS, page: Path = PAGE) -> str:
     """Write the results page (and its figures in ``results/`` beside it) from the runs under ``store``."""
     figures_folder = page.parent / "results"
     lines = [
@@ -182,7 +179,7 @@ def render(store: Path = RUNS, page: Path = PAGE, root: Path = ROOT) -> str:
         lines += ["", f"## {results.get('title', name)}", ""]
         if results.get("summary"):
             lines += [results["summary"], ""]
-        lines.append(describe(run, files[-1], root))
+        lines.append(describe(run, files[-1]))
         if len(files) > 1:
             lines += ["", f"Earlier stored runs of `{name}`: " + ", ".join(f"`{f.stem}`" for f in files[:-1]) + "."]
         for entry in results.get("tables", []):

@@ -179,7 +179,7 @@ def stored_figures() -> set[str]:
         for file in files:
             run = json.loads(file.read_text())
             numbers.update(NUMBER.findall(json.dumps(run, ensure_ascii=False)))
-            numbers.update(NUMBER.findall(str(file.relative_to(ROOT))))
+            numbers.update(NUMBER.findall(f"{file.parent.name}/{file.name}"))
             for entry in run["results"].get("tables", []):
                 formats = entry.get("formats") or [None] * len(entry["columns"])
                 for row in entry["rows"]:
