@@ -117,7 +117,7 @@ class Guide:
         forward_context: Callable[[BatchLayout], AbstractContextManager] | None = None,
     ) -> None:
         self.combiner, self.patchers = resolve_guidance(guidance, negative_prompt)
-        self.negative_claimed = patcher_claims_negative_prompt(guidance) and negative_prompt is not None
+        self.negative_claimed = patcher_claims_negative_prompt(guidance, negative_prompt)
         if self.negative_claimed:
             call = dataclasses.replace(call, negative_prompts=("",) * call.num_prompts)
         self.call = call

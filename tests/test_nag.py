@@ -287,3 +287,13 @@ def test_transformer_layers_must_be_joint_attention(transformer):
     pipeline, settings = transformer
     with pytest.raises(ValueError, match="matches no attention module"):
         run(pipeline, prompt=PROMPT, seeds=(0, 1), guidance=NAG(["x"], layers="attn2$"), **settings)
+
+
+def test_a_negative_prompt_that_is_nags_own_negative_acts_once(pipe):
+    flag = run(pipe, prompt=PROMPT, seeds=(0, 1), guidance_scale=3.0, negative_prompt="blue square", guidance="nag")
+    own = run(pipe, prompt=PROMPT, seeds=(0, 1), guidance_scale=3.0, negative_prompt="blue square",
+              guidance=NAG(["blue square"]))
+    assert torch.equal(own, flag)
+    both = run(pipe, prompt=PROMPT, seeds=(0, 1), guidance_scale=3.0, negative_prompt="green triangle",
+               guidance=NAG(["blue square"]))
+    assert max_difference(both, own) > 1e-4

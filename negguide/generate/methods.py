@@ -102,6 +102,11 @@ def check_labels(methods: Sequence[Method], argument: str) -> None:
         seen[key] = method.label
 
 
+PLACEHOLDER_NEGATIVE = "negative"
+"""The negative prompt a method's modules are built with to check their settings, before any item's is known
+(modules that take their negative from the call, such as `NAG`, refuse an empty one)."""
+
+
 def with_negatives(method: Method, negatives: list[dict[str, Any]]) -> Method:
     """``method`` with an item's own weighted, windowed negatives given to every module that has a
     ``negatives`` setting; a method without a combiner gets them through the standard `NegativePrompts`."""
@@ -142,7 +147,7 @@ def checked(method: Method, argument: str) -> Method:
     naming ``argument`` when they are invalid."""
     if not slug(method.label):
         raise ValueError(f"`{argument}`: label {method.label!r} needs at least one letter or digit.")
-    modules = build_guidance(method.modules, "", argument)
+    modules = build_guidance(method.modules, PLACEHOLDER_NEGATIVE, argument)
     try:
         resolve_guidance(modules)
     except (TypeError, ValueError) as error:

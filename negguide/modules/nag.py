@@ -148,6 +148,12 @@ class NAG(Patcher):
             raise ValueError("guidance='nag' takes its negative from `negative_prompt`, which is empty: give one.")
         return cls([Negative(negative_prompt)])
 
+    def claims(self, negative_prompt: str | list[str]) -> bool:
+        """Whether ``negative_prompt`` is one of the module's own negatives (then the call's combiner leaves it to
+        the module, `negguide.modules.resolve.patcher_claims_negative_prompt`)."""
+        text = negative_prompt if isinstance(negative_prompt, str) else tuple(negative_prompt)
+        return any(negative.text == text for negative in self.negatives)
+
     def defaults(self, model: torch.nn.Module) -> NAGDefaults:
         """The settings this module uses on ``model``: its own where given, the family's elsewhere."""
         family = FAMILY_DEFAULTS.get(type(model).__name__)

@@ -33,16 +33,21 @@ def resolve_guidance(
     return (combiners[0] if combiners else NegativePrompts()), patchers
 
 
-def patcher_claims_negative_prompt(guidance: GuidanceArg) -> bool:
-    """Whether the call's ``negative_prompt`` belongs to a patcher rather than to the combiner: ``guidance``
-    names a patcher that builds itself from it (``guidance="nag"``) and holds no combiner. The default combiner
-    then keeps the empty prompt as its baseline, so that the negative acts once, where the user asked."""
+def patcher_claims_negative_prompt(guidance: GuidanceArg, negative_prompt: str | list[str] | None) -> bool:
+    """Whether the call's ``negative_prompt`` belongs to a patcher rather than to the combiner: ``guidance`` holds no
+    combiner, and a patcher that acts on negatives itself (`Patcher.claims_negative_prompt`) is built from it
+    (``guidance="nag"``) or holds it among its own negatives (``guidance=NAG(["blurry"]), negative_prompt="blurry"``).
+    The default combiner then keeps the empty prompt as its baseline, so that the negative acts once, where the user
+    asked."""
+    if negative_prompt is None:
+        return False
     items = list(guidance) if isinstance(guidance, (list, tuple)) else [] if guidance is None else [guidance]
     classes = [registered(item, "guidance") if isinstance(item, str) else type(item) for item in items]
     if any(issubclass(cls, Combiner) for cls in classes):
         return False
     return any(
-        isinstance(item, str) and getattr(cls, "claims_negative_prompt", False) for item, cls in zip(items, classes)
+        getattr(cls, "claims_negative_prompt", False) and (isinstance(item, str) or item.claims(negative_prompt))
+        for item, cls in zip(items, classes)
     )
 
 
