@@ -4,8 +4,10 @@ seeds under every method, side by side, with the detector's verdict on each imag
     python benchmarks/gallery.py [--prompt "a red circle"] [--negative "red square"] [--seeds 4] [--steps 20]
                                  [--store DIR]
 
-Rows: no negative, the standard negative, the same negative from a fifth of the run on (delayed), Perp-Neg, NAG
-and NAG beside the standard negative; columns: seeds 0 .. N-1, one CPU generator per image. The grid is stored as
+Rows: no negative, the standard negative, the same negative from a fifth of the run on (delayed), Perp-Neg, NAG,
+NAG beside the standard negative, and NegToMe's batch diversity without a negative (the nearest anchor at the
+embedded model's working settings: the seeds of a row are one batch); columns: seeds 0 .. N-1, one CPU generator
+per image. The grid is stored as
 a PNG beside the run's JSON (`record.save`; ``<run>-grid.png``) and shown on the results page; the table counts, per method, the
 images that still hold the negative's object and those that keep the prompted one.
 """
@@ -20,7 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import negguide
-from negguide import NAG, Negative, NegativePrompts, PerpNeg
+from negguide import NAG, Negative, NegativePrompts, NegToMe, PerpNeg
 from negguide.loading import EMBEDDED_GUIDANCE_SCALE
 from negguide.metrics import judge
 from negguide.shapes import detect
@@ -38,6 +40,7 @@ def methods(negative: str) -> dict[str, dict[str, Any]]:
         "Perp-Neg": {"guidance": PerpNeg([negative])},
         "NAG": {"guidance": NAG([negative])},
         "standard + NAG": {"negative_prompt": negative, "guidance": [NegativePrompts(), NAG([negative])]},
+        "NegToMe, nearest": {"guidance": NegToMe(anchor="nearest", alpha=3, threshold=0.5, start=0.1, stop=0.5)},
     }
 
 
