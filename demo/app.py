@@ -37,8 +37,12 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], fon
 CSS = """
 .negguide-gallery img, .negguide-image img { image-rendering: pixelated; }
 .negguide-gallery .caption-label { white-space: normal; overflow: visible; text-overflow: clip; }
+.negguide-gallery .grid-wrap { max-height: none !important; height: auto !important; overflow: visible !important; }
+.negguide-gallery .grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(96px, 152px)) !important; }
 """
-"""Small images (the shapes world's are 64x64) are enlarged without blurring, and captions are shown whole."""
+"""Small images (the shapes world's are 64x64) are enlarged without blurring, captions are shown whole, and every
+row of a gallery is on the page (cells of at most 152 px, so six rows fit a 1,000 px window), never behind the
+gallery's own scroll bar."""
 
 
 def build_demo(

@@ -47,7 +47,7 @@ def generate_in_page(
     page: Page, prompt: str, methods: Sequence[str], steps: int | None = None, timeout_s: float = 120.0
 ) -> list[str]:
     """In the open demo: type ``prompt``, tick exactly the methods titled ``methods``, set ``steps`` (when given),
-    generate, and wait until the gallery holds every column; returns the gallery's captions."""
+    generate, and wait until the gallery holds every row; returns the gallery's captions."""
     page.locator("#prompt textarea").fill(prompt)
     for checkbox in page.locator("#methods input[type=checkbox]").all():
         name = checkbox.evaluate("box => box.closest('label').innerText.trim()")
@@ -57,8 +57,49 @@ def generate_in_page(
         box.fill(str(steps))
         box.press("Tab")
     page.locator("#generate").click()
-    expected = 2 + len(methods)
-    expect(page.locator("#gallery img")).to_have_count(expected, timeout=timeout_s * 1000)
-    expect(page.locator("#info")).to_contain_text(f"{expected} columns", timeout=timeout_s * 1000)
+    return wait_for_rows(page, ["plain prompt", "standard negative", *methods], timeout_s)
+
+
+def run_example(page: Page, title: str, captions: Sequence[str], timeout_s: float = 120.0) -> list[str]:
+    """Click the example titled ``title`` and wait until the gallery shows ``captions``; returns the captions."""
+    page.get_by_text(title, exact=True).click()
+    return wait_for_rows(page, captions, timeout_s)
+
+
+def wait_for_rows(page: Page, captions: Sequence[str], timeout_s: float = 120.0) -> list[str]:
+    """Wait until the gallery holds images captioned ``captions``, all loaded, and the summary is written;
+    returns the gallery's captions."""
+    expect(page.locator("#gallery .caption-label")).to_have_text(list(captions), timeout=timeout_s * 1000)
+    expect(page.locator("#info")).to_contain_text(" s. Each download", timeout=timeout_s * 1000)
     page.wait_for_function(LOADED, timeout=timeout_s * 1000)
     return [text.strip() for text in page.locator("#gallery .caption-label").all_inner_texts()]
+
+
+HIDDEN_IMAGES = """() => {
+  const gallery = document.querySelector('#gallery');
+  const images = [...gallery.querySelectorAll('img')];
+  const hidden = [];
+  for (const image of images) {
+    const box = image.getBoundingClientRect();
+    let clipped = box.width < 48 || box.height < 48;
+    for (let el = image.parentElement; el && !clipped; el = el.parentElement) {
+      const style = getComputedStyle(el);
+      if (['auto', 'scroll', 'hidden'].includes(style.overflowY) || ['auto', 'scroll', 'hidden'].includes(style.overflowX)) {
+        const outer = el.getBoundingClientRect();
+        clipped = box.top < outer.top - 1 || box.bottom > outer.bottom + 1 || box.left < outer.left - 1
+          || box.right > outer.right + 1;
+      }
+      if (el === gallery) break;
+    }
+    if (clipped) hidden.push(image.alt || image.src);
+  }
+  return {hidden, height: gallery.getBoundingClientRect().height};
+}"""
+"""In the page: the gallery's images that are smaller than 48 px or cut off by a scrolling or clipping box inside
+the gallery, and the gallery's height."""
+
+
+def hidden_images(page: Page) -> tuple[list[str], float]:
+    """The gallery's images not shown whole (`HIDDEN_IMAGES`), and the gallery's height in pixels."""
+    found = page.evaluate(HIDDEN_IMAGES)
+    return found["hidden"], found["height"]

@@ -51,7 +51,7 @@ def examples() -> list[Example]:
     """The demo's examples; the first is the form's initial case."""
     return [
         Example(
-            "The standard negative removes a red square's companion, a blue triangle",
+            "The standard negative removes a red square's companion",
             {"prompt": "a red square", "negatives": [["blue triangle", 1.0, 0.0, 1.0]], "methods": ["perpneg", "nag"]},
             "A red square usually comes with a blue triangle in this world; naming it as the negative removes it "
             "with each method, and the square stays.",

@@ -1,7 +1,7 @@
 """Take the README's screenshot of the demo, from a clone: ``python demo/screenshot.py [--model PATH] [--out PNG]``.
 
-Serves the demo on this machine, generates the plain prompt, the standard negative and Perp-Neg in a headless
-Chromium (see `negguide.demo.browser`), and saves the whole page.
+Serves the demo on this machine, runs its first example (the form's initial case: the plain prompt, the standard
+negative, Perp-Neg and NAG) in a headless Chromium (see `negguide.demo.browser`), and saves the whole page.
 """
 
 from __future__ import annotations
@@ -14,19 +14,21 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from negguide.demo.app import build_demo, launch_demo
-from negguide.demo.browser import VIEWPORT, generate_in_page, launch_chromium, open_demo
+from negguide.demo.browser import VIEWPORT, launch_chromium, open_demo, run_example
+from negguide.demo.comparison import title
+from negguide.demo.examples import examples
+from negguide.demo.form import FORM_DEFAULTS
 
 DEFAULT_OUT = Path("docs/demo.png")
-PROMPT = "a red circle"
-METHODS = ("Perp-Neg",)
 TIMEOUT_S = 900.0
 """How long loading the model and generating may take (a busy CPU is slow)."""
 
 
-def take_screenshot(
-    out: Path, model: str | None = None, prompt: str = PROMPT, methods: Sequence[str] = METHODS
-) -> Path:
-    """Generate ``prompt`` with ``methods`` in the demo on ``model`` and save the page as the PNG ``out``."""
+def take_screenshot(out: Path, model: str | None = None) -> Path:
+    """Run the first example in the demo on ``model`` and save the page as the PNG ``out``."""
+    first = examples()[0]
+    methods = first.values.get("methods", FORM_DEFAULTS["methods"])
+    captions = ["plain prompt", "standard negative", *map(title, methods)]
     demo = build_demo(model)
     try:
         url = launch_demo(demo, block=False)
@@ -35,7 +37,7 @@ def take_screenshot(
             try:
                 page = browser.new_page(viewport=VIEWPORT)
                 open_demo(page, url, TIMEOUT_S)
-                generate_in_page(page, prompt, methods, timeout_s=TIMEOUT_S)
+                run_example(page, first.title, captions, timeout_s=TIMEOUT_S)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(out), full_page=True)
             finally:
