@@ -8,8 +8,9 @@ NAG (Chen et al., arXiv 2505.21179) runs the patched attention layers' image que
 negative's keys and values; the rest of the network runs once. Three settings, each timed in one process with
 alternating rounds (`benchmarks.timing.alternating`), median per denoising step:
 
-* the distilled shapes-world model (``"shapes-world-distilled"``), ``--images`` images at 64x64: plain, NAG (one
-  evaluation per step), true CFG with the negative (two);
+* the distilled shapes-world model (``"shapes-world-distilled"``), ``--embedded-images`` images at 64x64: plain,
+  NAG (one evaluation per step), true CFG with the negative (two), and its teacher (``"shapes-world"``) at CFG
+  (two): the cost of a distilled step against a CFG step, same batch (goal: <= 0.6x);
 * an SD 1.5-shaped UNet with random weights (its published configuration, 860M parameters) at ``--size`` (256 by
   default: 32x32 latents, 1,024 image tokens at the first level), ``guidance_scale=1``: plain and NAG
   (goal: NAG <= 1.25x on UNets);
@@ -30,26 +31,27 @@ from timing import Timing, alternating
 
 import negguide
 from negguide import NAG
-from negguide.loading import DISTILLED_MODEL_NAME, EMBEDDED_GUIDANCE_SCALE
+from negguide.loading import DISTILLED_MODEL_NAME, EMBEDDED_GUIDANCE_SCALE, EMBEDDED_MODEL_NAME
 from negguide.pipelines import FluxNegGuidePipeline
 from negguide.testing import flux_components
 
 PROMPT, NEGATIVE = "a red square", "blue triangle"
 
 
+def run(pipe, call: dict, extra: dict, images: int) -> Callable[[int], object]:
+    """One timed call: ``images`` images of `PROMPT`, seeded by the round."""
+    return lambda round_: pipe(
+        [PROMPT] * images,
+        generator=[torch.Generator().manual_seed(100 * round_ + i) for i in range(images)],
+        output_type="latent",
+        **call,
+        **extra,
+    )
+
+
 def timed(pipe, call: dict, variants: dict[str, dict], images: int, runs: int) -> dict[str, Timing]:
     """Alternating timings of ``variants`` (name -> extra call arguments) of ``pipe(**call)``."""
-
-    def run(extra: dict) -> Callable[[int], object]:
-        return lambda round_: pipe(
-            [PROMPT] * images,
-            generator=[torch.Generator().manual_seed(100 * round_ + i) for i in range(images)],
-            output_type="latent",
-            **call,
-            **extra,
-        )
-
-    return alternating({name: run(extra) for name, extra in variants.items()}, runs)
+    return alternating({name: run(pipe, call, extra, images) for name, extra in variants.items()}, runs)
 
 
 def rows(setting: str, timings: dict[str, Timing], steps: int, base: str) -> list[list]:
@@ -61,7 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="timing rounds")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--images", type=int, default=4, help="images a call, full-size-shaped components")
+    parser.add_argument("--embedded-images", type=int, default=50, help="images a call, embedded models")
     parser.add_argument("--size", type=int, default=256, help="image side of the SD 1.5-shaped UNet")
     parser.add_argument("--true-cfg-scale", type=float, default=1.5)
     parser.add_argument("--threads", type=int, default=2)
@@ -75,12 +78,17 @@ def main() -> None:
     nag = {"guidance": NAG([NEGATIVE])}
     true_cfg = {"negative_prompt": NEGATIVE, "true_cfg_scale": args.true_cfg_scale}
 
+    teacher = negguide.load_pipeline(EMBEDDED_MODEL_NAME, device="cpu")
     distilled = negguide.load_pipeline(DISTILLED_MODEL_NAME, device="cpu")
-    distilled.set_progress_bar_config(disable=True)
+    for pipe in (teacher, distilled):
+        pipe.set_progress_bar_config(disable=True)
     call = {"num_inference_steps": args.steps, "guidance_scale": EMBEDDED_GUIDANCE_SCALE, "height": 64, "width": 64}
+    variants = {"plain": {}, "NAG": nag, "true CFG": true_cfg}
+    embedded = {name: run(distilled, call, extra, args.embedded_images) for name, extra in variants.items()}
+    embedded[f"{EMBEDDED_MODEL_NAME} teacher, CFG"] = run(teacher, call, {}, args.embedded_images)
     table_rows = rows(
-        f"{DISTILLED_MODEL_NAME}, {args.images} images, 64x64",
-        timed(distilled, call, {"plain": {}, "NAG": nag, "true CFG": true_cfg}, args.images, args.runs),
+        f"{DISTILLED_MODEL_NAME}, {args.embedded_images} images, 64x64",
+        alternating(embedded, args.runs),
         args.steps,
         "plain",
     )
