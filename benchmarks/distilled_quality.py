@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=EMBEDDED_GUIDANCE_SCALE)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cost-images", type=int, default=8)
+    parser.add_argument("--cost-images", type=int, default=50, help="images a timed call (the quality run's batch)")
     parser.add_argument("--runs", type=int, default=7, help="timing rounds")
     parser.add_argument("--quick", action="store_true", help="8 seeds and 2 timing rounds")
     parser.add_argument("--no-save", action="store_true", help="print only; store no run")
