@@ -57,20 +57,21 @@ def generate_in_page(
         box.fill(str(steps))
         box.press("Tab")
     page.locator("#generate").click()
-    return wait_for_rows(page, ["plain prompt", "standard negative", *methods], timeout_s)
+    return wait_for_rows(page, ["plain prompt", "standard negative", *methods], timeout_s, prompt)
 
 
 def run_example(page: Page, title: str, captions: Sequence[str], timeout_s: float = 120.0) -> list[str]:
     """Click the example titled ``title`` and wait until the gallery shows ``captions``; returns the captions."""
     page.get_by_text(title, exact=True).click()
-    return wait_for_rows(page, captions, timeout_s)
+    return wait_for_rows(page, captions, timeout_s, page.locator("#prompt textarea").input_value())
 
 
-def wait_for_rows(page: Page, captions: Sequence[str], timeout_s: float = 120.0) -> list[str]:
-    """Wait until the gallery holds images captioned ``captions``, all loaded, and the summary is written;
-    returns the gallery's captions."""
-    expect(page.locator("#gallery .caption-label")).to_have_text(list(captions), timeout=timeout_s * 1000)
+def wait_for_rows(page: Page, captions: Sequence[str], timeout_s: float = 120.0, prompt: str = "") -> list[str]:
+    """Wait until the summary of ``prompt``'s generation is written and the gallery holds images captioned
+    ``captions``, all loaded; returns the gallery's captions."""
+    expect(page.locator("#info")).to_contain_text(f"'{prompt[:50]}", timeout=timeout_s * 1000)
     expect(page.locator("#info")).to_contain_text(" s. Each download", timeout=timeout_s * 1000)
+    expect(page.locator("#gallery .caption-label")).to_have_text(list(captions), timeout=timeout_s * 1000)
     page.wait_for_function(LOADED, timeout=timeout_s * 1000)
     return [text.strip() for text in page.locator("#gallery .caption-label").all_inner_texts()]
 

@@ -237,7 +237,8 @@ class Outputs:
                 f"{comparison.images} columns, one per seed"
             )
         summary = (
-            f"Seed {comparison.seed}, {comparison.steps} steps, guidance scale {comparison.guidance_scale:g}, "
+            f"{_shortened(comparison.prompt)!r}: seed {comparison.seed}, {comparison.steps} steps, guidance scale "
+            f"{comparison.guidance_scale:g}, "
             f"{comparison.width}x{comparison.height}: {layout}, in {seconds:.1f} s. Each download is a PNG with "
             "its generation parameters; `negguide generate --from-image FILE --out DIR` makes it again."
         )
@@ -248,6 +249,10 @@ class Outputs:
             self.changes: changes,
             self.reference: gr.Image(value=comparison.reference, visible=comparison.reference is not None),
         }
+
+
+def _shortened(text: str, length: int = 60) -> str:
+    return text if len(text) <= length else text[: length - 3] + "..."
 
 
 def _width(comparison: Comparison, count: int) -> int:

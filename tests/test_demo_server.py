@@ -51,7 +51,7 @@ def gallery_files(result: tuple) -> list[tuple[str, str]]:
 
 def summary(result: tuple) -> str:
     """The summary line under the gallery."""
-    [line] = [output for output in result if isinstance(output, str) and "Seed " in output]
+    [line] = [output for output in result if isinstance(output, str) and " s. Each download" in output]
     return line
 
 
