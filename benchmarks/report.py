@@ -60,6 +60,15 @@ BENCHMARKS: dict[str, Benchmark] = {
         ("--batches", "2", "--images", "2", "--steps", "2", "--per-call", "2", "--threads", "1"),
     ),
     "gallery": Benchmark((), ("--seeds", "1", "--steps", "2")),
+    "distilled_quality": Benchmark((), ("--quick", "--steps", "2", "--cost-images", "2", "--threads", "1")),
+    "nag_quality": Benchmark(
+        ("--method", "standard", "--method", "nag", "--method", 'nag:{"projection": "perpendicular"}'),
+        ("--quick", "--seeds", "2", "--steps", "2", "--cost-images", "2", "--threads", "1"),
+    ),
+    "nag_cost": Benchmark(
+        ("--steps", "5"),
+        ("--quick", "--embedded-images", "2", "--images", "1", "--size", "64", "--threads", "1"),
+    ),
 }
 """The benchmarks the command runs, in the page's order."""
 
