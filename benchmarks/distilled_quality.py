@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 
 import torch
+from nag_quality import generate
 from record import add_store_argument, model_identity, save, show, table
 from timing import alternating
 
@@ -32,21 +33,6 @@ from negguide.shapes import COMPANIONS, detect
 from negguide.shapes.cases import quality_cases
 
 
-def generate(pipe, prompt: str, seeds: Sequence[int], args) -> list:
-    images = []
-    for begin in range(0, len(seeds), args.batch):
-        chunk = seeds[begin : begin + args.batch]
-        images += pipe(
-            [prompt] * len(chunk),
-            generator=[torch.Generator().manual_seed(s) for s in chunk],
-            num_inference_steps=args.steps,
-            guidance_scale=args.scale,
-            height=64,
-            width=64,
-        ).images
-    return images
-
-
 def companion(prompt: str) -> str | None:
     specs = parse_prompt(prompt)
     found = COMPANIONS.get((specs[0].colour, specs[0].shape)) if len(specs) == 1 else None
@@ -54,7 +40,7 @@ def companion(prompt: str) -> str | None:
 
 
 def measure(pipe, prompt: str, seeds: Sequence[int], args) -> dict[str, float | None]:
-    detections = [detect(image) for image in generate(pipe, prompt, seeds, args)]
+    detections = [detect(image) for image in generate(pipe, prompt, seeds, {}, args)]
     verdicts = [judge(found, prompt) for found in detections]
     other = companion(prompt)
     return {

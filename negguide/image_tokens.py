@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from negguide.modules.negtome import ATTENTION_TYPES
+from negguide.modules.layers import ATTENTION_TYPES
 
 Rebuild = Callable[[torch.Tensor], Any]
 

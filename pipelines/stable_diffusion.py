@@ -165,7 +165,9 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
             forward_context=cache_contexts(self.unet),
         )
         if distilled:
-            guided = true_cfg(guide.has_negative(negative_prompt, negative_prompt_embeds), true_cfg_scale)
+            # An empty negative prompt asks for nothing here; stock Flux counts it, but this UNet has no baseline of
+            # its own to replace.
+            guided = true_cfg(guide.has_negatives or negative_prompt_embeds is not None, true_cfg_scale)
             guidance_now = lambda: (true_cfg_scale, guided)
         else:
             guidance_now = lambda: (self.guidance_scale, self.do_classifier_free_guidance)

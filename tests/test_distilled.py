@@ -100,3 +100,10 @@ def test_the_embedded_distilled_model_loads_offline_by_name_and_matches_stock():
     mine = ours(**call, generator=torch.Generator().manual_seed(0)).images
     theirs = stock(**call, generator=torch.Generator().manual_seed(0)).images
     assert mine.shape == (1, 3, 64, 64) and max_difference(mine, theirs) <= 1e-5
+
+
+def test_an_empty_negative_prompt_is_no_negative(pipe):
+    assert torch.equal(one(pipe, negative_prompt=""), one(pipe))
+    assert torch.equal(one(pipe, negative_prompt=[""]), one(pipe))
+    own = one(pipe, negative_prompt="blue square", guidance=NAG(["blue square"]))
+    assert torch.equal(own, one(pipe, guidance=NAG(["blue square"])))

@@ -18,8 +18,8 @@ from negguide.branches import COND, CallInfo, Step, TextKey
 from negguide.checks import finite_float, unit_interval
 from negguide.layout import BatchLayout
 from negguide.modules.base import PatchContext, Patcher, PatchState, register_guidance
+from negguide.modules.layers import select_attention
 from negguide.modules.negatives import Negative, as_negatives
-from negguide.modules.negtome import ATTENTION_TYPES
 from negguide.text_stream import StreamPlan, joint_blocks, text_stream
 from negguide.window import Window
 
@@ -193,25 +193,10 @@ class NAG(Patcher):
                 yield state
 
 
-def _selected(model: torch.nn.Module, layers: str, family: str, example: str) -> dict[str, torch.nn.Module]:
-    pattern = re.compile(layers)
-    selected = {
-        name: module
-        for name, module in model.named_modules()
-        if pattern.search(name) and isinstance(module, ATTENTION_TYPES)
-    }
-    if not selected:
-        raise ValueError(
-            f"NAG: `layers` pattern {layers!r} matches no attention module of {type(model).__name__}; {family} "
-            f"attention modules are named like {example!r}."
-        )
-    return selected
-
-
 def select_cross_attention(model: torch.nn.Module, layers: str) -> dict[str, torch.nn.Module]:
     """The cross-attention modules of a UNet whose names match ``layers``; ValueError when none does or when a
     match is not a cross-attention layer NAG can patch."""
-    selected = _selected(model, layers, "UNet cross-attention", "up_blocks.1.attentions.0.transformer_blocks.0.attn2")
+    selected = select_attention(model, layers, "NAG", "up_blocks.1.attentions.0.transformer_blocks.0.attn2")
     for name, module in selected.items():
         if not getattr(module, "is_cross_attention", False) or getattr(module, "residual_connection", True):
             raise ValueError(
@@ -224,7 +209,7 @@ def select_cross_attention(model: torch.nn.Module, layers: str) -> dict[str, tor
 def select_joint_attention(model: torch.nn.Module, layers: str) -> dict[str, torch.nn.Module]:
     """The joint (and Flux single) blocks' attention modules of a transformer whose names match ``layers``;
     ValueError when none does or when a match is another attention (SD3.5's image-only ``attn2``)."""
-    selected = _selected(model, layers, "joint-block", "transformer_blocks.0.attn")
+    selected = select_attention(model, layers, "NAG", "transformer_blocks.0.attn")
     joint = {id(block.attn) for block in joint_blocks(model)}
     for name, module in selected.items():
         if id(module) not in joint:

@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers.models.attention import AttentionModuleMixin
-from diffusers.models.attention_processor import Attention
 from diffusers.utils.torch_utils import randn_tensor
 
 from negguide.branches import Branch, CallInfo, Step
@@ -24,12 +22,12 @@ from negguide.checks import finite_float, unit_interval
 from negguide.images import DATA_URI_PREFIX, ImageLike, binary_mask, image_to_json, load_image
 from negguide.layout import BatchLayout, ExtraRow
 from negguide.modules.base import PatchContext, Patcher, PatchState, register_guidance
+from negguide.modules.layers import select_attention
 from negguide.token_merging import negtome_merge
 from negguide.window import Window
 
 MODES = ("batch", "reference")
 ANCHORS = ("first", "nearest")
-ATTENTION_TYPES = (Attention, AttentionModuleMixin)
 DEFAULT_LAYERS = r"^(up_blocks|transformer_blocks|single_transformer_blocks)\."
 
 
@@ -178,18 +176,7 @@ class NegToMe(Patcher):
 
     def select_layers(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]:
         """The attention modules of ``model`` whose names match ``layers``; ValueError when there are none."""
-        pattern = re.compile(self.layers)
-        layers = {
-            name: module
-            for name, module in model.named_modules()
-            if pattern.search(name) and isinstance(module, ATTENTION_TYPES)
-        }
-        if not layers:
-            raise ValueError(
-                f"`layers` pattern {self.layers!r} matches no attention module of {type(model).__name__}; "
-                "attention modules are named like 'up_blocks.1.attentions.0.transformer_blocks.0.attn1'."
-            )
-        return layers
+        return select_attention(model, self.layers, "NegToMe", "up_blocks.1.attentions.0.transformer_blocks.0.attn1")
 
 
 @dataclass(frozen=True)
