@@ -36,11 +36,13 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import apply_rotary_emb
 
 from negguide import functional as F
 from negguide.atomic import write_atomic
 from negguide.branches import COND, UNCOND, Branch, CallInfo, Step, negative_branch
 from negguide.checks import finite_float
+from negguide.families import family_of
 from negguide.layout import BatchLayout
 from negguide.modules.base import Combiner, PatchContext, Patcher, PatchState
 from negguide.modules.negatives import Negative
@@ -268,12 +270,13 @@ def analyze_negative(
         )
     probe = NegativeProbe(Negative(tuple(negatives), start=start, stop=stop), ProbeRecord(), apply=apply)
     guidance: list[Combiner | Patcher] = [probe]
-    network = getattr(pipe, "unet", None)
-    if getattr(pipe, "tokenizer", None) is not None and network is not None and cross_attention_layers(network):
-        tokens = tuple(token_positions(pipe.tokenizer, text) for text in negatives)
+    family = family_of(pipe)
+    network, tokenizer = getattr(pipe, family.denoiser), getattr(pipe, family.text_tokenizer, None)
+    if tokenizer is not None and cross_attention_layers(network):
+        tokens = tuple(token_positions(tokenizer, text) for text in negatives)
         guidance.append(AttentionMass(tokens, MassRecord(NEGATIVE, tokens)))
     images = pipe(
-        prompts,
+        prompt=prompts,
         generator=[torch.Generator().manual_seed(s) for s in seeds],
         num_inference_steps=steps,
         guidance_scale=guidance_scale,
@@ -381,7 +384,8 @@ class MassRecord(PatchState):
         context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
         if context is None or not self.rows:
             return
-        probs = attention_probabilities(module, hidden[self.rows], context[self.rows])  # (R, heads, N, T)
+        rotary = kwargs.get("image_rotary_emb")
+        probs = attention_probabilities(module, hidden[self.rows], context[self.rows], rotary)  # (R, heads, N, T)
         mask = self._mask(probs.shape[-1], probs.device)  # (R, T)
         mass = (probs.float() * mask[:, None, None, :]).sum(dim=-1).mean(dim=(1, 2))  # (R,)
         self.masses.setdefault(self.step.index, []).append(mass.cpu())
@@ -437,18 +441,27 @@ class AttentionMass(Patcher):
                 handle.remove()
 
 
-def cross_attention_layers(model: torch.nn.Module) -> dict[str, Attention]:
-    """The model's cross-attention modules: diffusers ``Attention`` modules named ``*.attn2``."""
+def cross_attention_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The model's attention modules where image positions attend to text: a UNet's cross-attention (diffusers
+    ``Attention`` modules named ``*.attn2`` with text keys), a transformer's joint attention (modules with text
+    projections, ``add_k_proj``: SD3's and Flux's joint blocks)."""
     return {
         name: module
         for name, module in model.named_modules()
-        if name.rsplit(".", 1)[-1] == CROSS_ATTENTION and isinstance(module, Attention)
+        if (name.rsplit(".", 1)[-1] == CROSS_ATTENTION and isinstance(module, Attention) and module.is_cross_attention)
+        or getattr(module, "add_k_proj", None) is not None
     }
 
 
-def attention_probabilities(attn: Attention, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T * scale)`` of an attention module for image positions ``hidden`` ``(B, N, C)`` (or
-    ``(B, C, H, W)``) and text ``context`` ``(B, T, D)``: shape ``(B, heads, N, T)``."""
+def attention_probabilities(
+    attn: torch.nn.Module, hidden: torch.Tensor, context: torch.Tensor, rotary: Any = None
+) -> torch.Tensor:
+    """The attention image positions ``hidden`` ``(B, N, C)`` (or ``(B, C, H, W)``) give text ``context``
+    ``(B, T, D)``, shape ``(B, heads, N, T)``: ``softmax(q k^T * scale)`` of a cross-attention module, or, for a
+    transformer's joint attention, the text columns of the softmax over text and image keys together (with the
+    rotary embedding ``rotary`` of the text-then-image sequence where the model uses one, as Flux does)."""
+    if getattr(attn, "add_k_proj", None) is not None:
+        return _joint_attention_probabilities(attn, hidden, context, rotary)
     if hidden.ndim == 4:
         hidden = hidden.flatten(2).transpose(1, 2)
     if attn.norm_cross:
@@ -456,6 +469,28 @@ def attention_probabilities(attn: Attention, hidden: torch.Tensor, context: torc
     query = attn.head_to_batch_dim(attn.to_q(hidden))
     key = attn.head_to_batch_dim(attn.to_k(context))
     return attn.get_attention_scores(query, key).unflatten(0, (len(hidden), attn.heads))
+
+
+def _joint_attention_probabilities(
+    attn: torch.nn.Module, hidden: torch.Tensor, context: torch.Tensor, rotary: Any
+) -> torch.Tensor:
+    """See `attention_probabilities`: SD3's and Flux's joint attention, image queries over text and image keys."""
+
+    def heads(x: torch.Tensor, norm: torch.nn.Module | None) -> torch.Tensor:
+        x = x.unflatten(-1, (attn.heads, -1))  # (B, L, heads, D)
+        return x if norm is None else norm(x)
+
+    query = heads(attn.to_q(hidden), getattr(attn, "norm_q", None))
+    keys = torch.cat(
+        [heads(attn.add_k_proj(context), getattr(attn, "norm_added_k", None)), heads(attn.to_k(hidden), attn.norm_k)],
+        dim=1,
+    )  # (B, T + N, heads, D): text first, as Flux orders its rotary embedding
+    if rotary is not None:
+        cos, sin = rotary
+        keys = apply_rotary_emb(keys, (cos, sin), sequence_dim=1)
+        query = apply_rotary_emb(query, (cos[context.shape[1] :], sin[context.shape[1] :]), sequence_dim=1)
+    scores = torch.einsum("bnhd,bkhd->bhnk", query.float(), keys.float()) * query.shape[-1] ** -0.5
+    return scores.softmax(dim=-1)[..., : context.shape[1]]
 
 
 def token_positions(tokenizer: Any, text: str) -> tuple[int, ...]:

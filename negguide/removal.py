@@ -32,6 +32,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from negguide.checks import finite_float
+from negguide.families import denoiser, family_of
 from negguide.metrics import OUTCOMES, ObjectSpec, change_outside_box, contains, parse_phrase, removal_outcome
 from negguide.modules.negatives import Negative, NegativePrompts
 from negguide.shapes.detector import detect
@@ -238,12 +239,13 @@ def initial_noise(
     """The initial latents of a UNet pipeline (SD, SDXL), one image per seed, before the scheduler's scaling:
     what a call with ``generator=[torch.Generator().manual_seed(seed) for seed in seeds]`` draws, so that
     passing them as ``latents=`` gives that call's images. Shape ``(len(seeds), C, height / f, width / f)``."""
-    if getattr(pipe, "unet", None) is None:
+    if family_of(pipe).denoiser != "unet":
         raise ValueError(f"initial_noise needs a pipeline with a UNet, got {type(pipe).__name__}.")
     default_height, default_width = _native_size(pipe)
     height, width = height or default_height, width or default_width
-    shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    dtype = pipe.text_encoder.dtype if pipe.text_encoder is not None else pipe.unet.dtype
+    unet = denoiser(pipe)
+    shape = (1, unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    dtype = pipe.text_encoder.dtype if pipe.text_encoder is not None else unet.dtype
     rows = [
         randn_tensor(shape, generator=torch.Generator().manual_seed(seed), device=pipe._execution_device, dtype=dtype)
         for seed in seeds
@@ -398,7 +400,7 @@ class _Renderer:
         self.num_steps = num_steps
         self.kwargs = dict(call_kwargs, num_inference_steps=steps, guidance_scale=guidance_scale, output_type="pil")
         self.latents = None
-        if getattr(pipe, "unet", None) is not None:
+        if family_of(pipe).denoiser == "unet":
             self.latents = initial_noise(pipe, seeds, call_kwargs.get("height"), call_kwargs.get("width"))
 
     def __call__(self, images: Sequence[int], window: Window) -> list[PIL.Image.Image]:
@@ -536,7 +538,7 @@ def _box(detector: Detector, image: PIL.Image.Image, obj: str) -> Box | None:
 
 
 def _native_size(pipe: DiffusionPipeline) -> tuple[int, int]:
-    sample_size = pipe.unet.config.sample_size
+    sample_size = denoiser(pipe).config.sample_size
     height, width = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
     return height * pipe.vae_scale_factor, width * pipe.vae_scale_factor
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 
 from negguide.analysis import analyze_negative
-from negguide.commands.common import add_run_options, checked, model_and_scale, output_folder, save_png, text
+from negguide.commands.common import (
+    add_run_options,
+    checked,
+    model_and_scale,
+    output_folder,
+    save_png,
+    text,
+    true_cfg_kwargs,
+)
 from negguide.errors import InputError
 from negguide.generate import values
 from negguide.generate.model import load_model
@@ -72,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             start=start,
             stop=stop,
             apply=not args.observe,
+            **true_cfg_kwargs(args.true_cfg_scale, model),
         )
     except ValueError as error:
         raise InputError(str(error)) from None

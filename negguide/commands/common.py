@@ -27,6 +27,16 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--guidance-scale",
         help="classifier-free guidance scale, > 1 (default: the model's, 5 for the embedded model, 7.5 for others)",
     )
+    add_true_cfg_option(parser)
+
+
+def add_true_cfg_option(parser: argparse.ArgumentParser) -> None:
+    """``--true-cfg-scale``: the scale negatives act with on guidance-distilled models."""
+    parser.add_argument(
+        "--true-cfg-scale",
+        help="true classifier-free guidance scale, > 1, for guidance-distilled models (Flux, shapes-world-distilled): "
+        "their negatives need it; --guidance-scale stays the model's embedded scale",
+    )
 
 
 def checked(check: Callable[[object, str], T], value: object, argument: str) -> T:
@@ -68,3 +78,25 @@ def save_png(image: PIL.Image.Image, path: Path) -> Path:
     """Write ``image`` as a PNG, atomically, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, lambda file: image.save(file, format="PNG"))
+
+
+def true_cfg_kwargs(value: object, model: ModelInfo) -> dict[str, float]:
+    """The pipeline arguments of ``--true-cfg-scale`` for ``model``: ``{"true_cfg_scale": ...}`` for a model whose
+    negatives need true CFG, where the flag must be > 1; an `InputError` when it is missing there or given for a
+    model that guides on its own."""
+    if not model.true_cfg:
+        if value is not None:
+            raise InputError(
+                f"`--true-cfg-scale` is for guidance-distilled models; this {model.family} model guides with "
+                "--guidance-scale."
+            )
+        return {}
+    if value is None:
+        raise InputError(
+            f"`--true-cfg-scale`: this {model.family} model is guidance-distilled, so a negative acts only through "
+            "true classifier-free guidance: give --true-cfg-scale > 1, e.g. 4."
+        )
+    scale = checked(values.number, value, "--true-cfg-scale")
+    if scale <= 1:
+        raise InputError(f"`--true-cfg-scale` must be > 1, got {scale}: negatives act through true guidance.")
+    return {"true_cfg_scale": scale}

@@ -8,7 +8,15 @@ import importlib
 import io
 
 from negguide.atomic import write_atomic
-from negguide.commands.common import add_run_options, checked, model_and_scale, output_folder, save_png, text
+from negguide.commands.common import (
+    add_run_options,
+    checked,
+    model_and_scale,
+    output_folder,
+    save_png,
+    text,
+    true_cfg_kwargs,
+)
 from negguide.errors import InputError
 from negguide.generate import values
 from negguide.generate.model import load_model
@@ -71,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             search=args.search,
             steps=steps,
             guidance_scale=scale,
+            **true_cfg_kwargs(args.true_cfg_scale, model),
         )
     except (ValueError, DetectorError) as error:
         raise InputError(str(error)) from None

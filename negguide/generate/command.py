@@ -11,6 +11,7 @@ from pathlib import Path
 from accelerate import PartialState
 from diffusers import DiffusionPipeline
 
+from negguide.commands.common import add_true_cfg_option, true_cfg_kwargs
 from negguide.errors import InputError
 from negguide.generate.model import load_model, read_model
 from negguide.generate.options import CONFIG_KEYS, Options, resolve_options
@@ -107,6 +108,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="classifier-free guidance scale (default: the model's, 5 for the embedded model, 7.5 for others)",
     )
     parser.add_argument("--guidance-rescale", help="guidance rescale in [0, 1] (default: 0)")
+    add_true_cfg_option(parser)
     parser.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default: the model's native size)")
     parser.add_argument(
         "--batch-size", help="most images per pipeline call, the seeds of a prompt split between calls (default: 8)"
@@ -141,6 +143,7 @@ def generate(args: argparse.Namespace) -> int:
     options = resolve_options(args)
     state = process_state(options.device)
     model = read_model(options.model)
+    true_cfg_kwargs(options.defaults.true_cfg_scale, model)
     items, problems = read_items(options.prompts)
     groups, more = expand_groups(items, options.methods, options.defaults, model)
     _report(problems + more, options.skip_bad, state.is_main_process)

@@ -32,6 +32,7 @@ CONFIG_KEYS = (
     "width",
     "height",
     "negative_prompt",
+    "true_cfg_scale",
     "batch_size",
     "model",
 )
@@ -82,6 +83,7 @@ def resolve_options(args: argparse.Namespace) -> Options:
         width=width,
         height=height,
         negative_prompt=pick("negative_prompt", "negative_prompt", _text, Defaults.negative_prompt),
+        true_cfg_scale=pick("true_cfg_scale", "true_cfg_scale", values.number, None),
     )
     return Options(
         prompts=args.prompts,

@@ -47,6 +47,8 @@ class Defaults:
         guidance_rescale (`float`, defaults to 0.0): guidance rescale factor in ``[0, 1]``.
         width (`int`, *optional*), height (`int`, *optional*): image size; the model's native size by default.
         negative_prompt (`str`, defaults to ``""``): the negative prompt of items that give none.
+        true_cfg_scale (`float`, *optional*): the true CFG scale of guidance-distilled models (Flux,
+            ``shapes-world-distilled``), whose negatives need it; unused for others.
     """
 
     seeds: Sequence[int] = (0,)
@@ -56,6 +58,7 @@ class Defaults:
     width: int | None = None
     height: int | None = None
     negative_prompt: str = ""
+    true_cfg_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class Job:
     height: int
     model: str
     sampler: str
+    true_cfg_scale: float | None = None
+    """Only for guidance-distilled models; ``None`` elsewhere (and absent from the records)."""
 
     @property
     def file(self) -> str:
@@ -91,6 +96,7 @@ class Job:
             "width": self.width,
             "height": self.height,
             "model": self.model,
+            **({} if self.true_cfg_scale is None else {"true_cfg_scale": self.true_cfg_scale}),
         }
 
     def record(self) -> dict[str, Any]:
@@ -108,11 +114,12 @@ class Job:
     def from_record(cls, record: dict[str, Any]) -> Job:
         """Inverse of `record`."""
         names = [field.name for field in dataclasses.fields(cls)]
-        missing = [name for name in names if name not in record]
+        missing = [name for name in names if name not in record and name != "true_cfg_scale"]
         if missing:
             raise ValueError(f"the record lacks {', '.join(missing)}.")
         return cls(
-            **{name: record[name] for name in names if name != "guidance"},
+            **{name: record[name] for name in names if name not in ("guidance", "true_cfg_scale")},
+            true_cfg_scale=record.get("true_cfg_scale"),
             guidance=tuple(dict(module) for module in record["guidance"]),
         )
 
@@ -403,6 +410,7 @@ def _item_groups(item: Item, methods: Sequence[Method], defaults: Defaults, mode
             height=settings["height"] or model.height,
             model=model.name,
             sampler=model.sampler,
+            true_cfg_scale=defaults.true_cfg_scale if model.true_cfg else None,
         )
         group = Group(job, seeds, acts_across(method.modules))
         _check_call(Batch((tuple(group.jobs(0, min(len(group), CHECKED_IMAGES))),)), method.label)

@@ -102,11 +102,13 @@ def generate_images(pipe: DiffusionPipeline, batch: Batch) -> list[PIL.Image.Ima
         guidance=batch.guidance(),
         num_inference_steps=job.steps,
         guidance_scale=job.guidance_scale,
-        guidance_rescale=job.guidance_rescale,
         width=job.width,
         height=job.height,
         generator=batch.generators(),
         output_type="pil",
+        # Only the UNet families' pipelines take `guidance_rescale`, as in diffusers; modules carry their own.
+        **({"guidance_rescale": job.guidance_rescale} if job.guidance_rescale else {}),
+        **({} if job.true_cfg_scale is None else {"true_cfg_scale": job.true_cfg_scale}),
     ).images
 
 
@@ -206,6 +208,8 @@ def _params(job: Job, batch: Batch, position: int) -> dict[str, Any]:
         params.update({f"{module['name']} {key}": value for key, value in module.items() if key != "name"})
     if job.guidance_rescale:
         params["Guidance rescale"] = job.guidance_rescale
+    if job.true_cfg_scale is not None:
+        params["True CFG scale"] = job.true_cfg_scale
     params["Version"] = f"negguide {_version()}"
     return params
 
