@@ -106,6 +106,8 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
         * a single string ``negative_prompt`` serves a list of prompts; ``prompt_2`` and ``negative_prompt_2``
           lists must hold one text per prompt;
         * numeric arguments are checked before any network runs (steps, scales, sizes, generators);
+        * with several images, stock repeats the (negative, positive) pair of micro-conditioning time ids along its
+          whole batch, so half of its unconditional rows get the positive ones; here every row gets its branch's;
         * where the model's config sets ``force_zeros_for_empty_prompt`` (SDXL base), the empty prompt is the
           zero embedding wherever it conditions a branch (diffusers zeroes it only when ``negative_prompt`` is
           left out), and a ``negative_prompt_2`` given without ``negative_prompt`` is used, not dropped;
