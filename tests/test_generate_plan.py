@@ -224,3 +224,13 @@ def test_a_run_adds_no_library_noise(model, prompts, tmp_path):
         runs[bool(flag)] = [line for line in result.stderr.splitlines() if line not in imported]
     assert not [line for line in runs[False] if any(noise in line for noise in NOISE)], runs[False]
     assert any("Loading pipeline components" in line for line in runs[True]), runs[True]
+
+
+def test_nag_takes_the_items_negative_and_acts_once(model, prompts, tmp_path):
+    out = tmp_path / "nag"
+    command = ["generate", str(prompts), "--out", str(out), "--model", str(model), "--seeds", "0-1", "--steps", "2",
+               "--negative-prompt", "blue triangle", "--device", "cpu", "--method", "nag", "--no-grid"]  # fmt: skip
+    assert run_generate(*command) == 0
+    assert len(image_files(out)) == 2 * 2
+    manifest = (out / "manifest.jsonl").read_text()
+    assert '"name": "nag"' in manifest and "blue triangle" in manifest

@@ -217,7 +217,9 @@ class Group:
 
 def acts_across(guidance: Sequence[dict[str, Any]]) -> bool:
     """Whether a method's modules act across the images of a prompt: NegToMe in batch mode."""
-    return any(isinstance(module, NegToMe) and module.mode == "batch" for module in build_guidance(guidance, ""))
+    return any(
+        spec["name"] == NegToMe.name and spec.get("mode", NegToMe.mode) == "batch" for spec in guidance
+    )
 
 
 def chunk_sizes(count: int, batch_size: int, across: bool, argument: str = "batch_size") -> list[tuple[int, int]]:
