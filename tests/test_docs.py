@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from negguide.cli import build_parser
 from negguide.modules import base
@@ -141,10 +142,9 @@ def test_readme_is_at_most_ten_kilobytes():
 
 def test_readme_and_install_page_state_the_supported_versions():
     lower = {"python": metadata.metadata("negguide")["Requires-Python"].removeprefix(">=")}
-    for requirement in metadata.requires("negguide"):
-        package, _, version = requirement.partition(">=")
-        if package in ("torch", "diffusers", "transformers"):
-            lower[package] = version.split(",")[0]
+    for requirement in map(Requirement, metadata.requires("negguide")):
+        if requirement.name in ("torch", "diffusers", "transformers"):
+            lower[requirement.name] = next(spec.version for spec in requirement.specifier if spec.operator == ">=")
     assert set(lower) == {"python", "torch", "diffusers", "transformers"}
     readme, install = (ROOT / "README.md").read_text(), (DOCS / "install.md").read_text()
     for package, version in lower.items():
