@@ -12,6 +12,7 @@ import PIL.Image
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 
 from negguide.errors import InputError
+from negguide.families import TRUE_CFG, denoiser, family_of, family_of_index, negative_cost
 from negguide.generate import Batch, ModelInfo, generate_images, read_model
 from negguide.loading import DISTILLED_MODEL_NAME, EMBEDDED_MODEL_NAME, load_pipeline
 
@@ -61,7 +62,8 @@ class DemoModel:
     def from_pipeline(cls, pipe: DiffusionPipeline, name: str | None = None) -> DemoModel:
         """An already loaded negguide pipeline, recorded in the images as ``name`` (its folder or class by
         default)."""
-        size = pipe.unet.config.sample_size
+        network = denoiser(pipe)
+        size = network.config.get("sample_size") or pipe.default_sample_size
         height, width = (size, size) if isinstance(size, int) else size
         info = ModelInfo(
             name=name or pipe.name_or_path or type(pipe).__name__,
@@ -69,7 +71,7 @@ class DemoModel:
             width=width * pipe.vae_scale_factor,
             height=height * pipe.vae_scale_factor,
         )
-        return cls(info, lambda: pipe, pipe.unet.config.get("time_cond_proj_dim") is not None)
+        return cls(info, lambda: pipe, negative_cost(family_of(pipe), network.config) == TRUE_CFG)
 
     @property
     def loaded(self) -> bool:
@@ -121,10 +123,11 @@ def _distilled_config(info: ModelInfo) -> bool:
     if info.source is None or info.embedded:
         return False
     try:
-        config = UNet2DConditionModel.load_config(info.source, subfolder="unet")
+        family = family_of_index(DiffusionPipeline.load_config(info.source))
+        config = UNet2DConditionModel.load_config(info.source, subfolder=family.denoiser)  # any denoiser's config.json
     except (OSError, ValueError):
         return False
-    return config.get("time_cond_proj_dim") is not None
+    return negative_cost(family, config) == TRUE_CFG
 
 
 def _true_cfg_images(pipe: DiffusionPipeline, batch: Batch, true_cfg_scale: float) -> list[PIL.Image.Image]:

@@ -263,3 +263,15 @@ def test_page_help_texts_are_plain_words() -> None:
     assert "timesteps" not in infos["negtome.stop"] and "0 is the first step" in infos["negtome.stop"]
     assert "negtome.layers" not in infos and "nag.layers" not in infos
     assert all(info for info in infos.values())
+
+
+def test_the_demo_takes_transformer_pipelines_by_their_family():
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    from negguide.pipelines import FluxNegGuidePipeline, StableDiffusion3NegGuidePipeline
+    from negguide.testing import flux_components, sd3_components
+
+    flux = DemoModel.from_pipeline(FluxNegGuidePipeline.from_pipe(FluxPipeline(**flux_components())))
+    sd3 = DemoModel.from_pipeline(StableDiffusion3NegGuidePipeline.from_pipe(StableDiffusion3Pipeline(**sd3_components())))
+    assert flux.distilled and not sd3.distilled
+    assert flux.info.width > 0 and sd3.info.height > 0
