@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import PIL.Image
 
 from negguide.demo.model import DemoModel
-from negguide.generate import Batch, Defaults, Item, Method, ModelInfo, build_guidance, expand, save_image
+from negguide.generate import Batch, Defaults, Item, Job, Method, ModelInfo, build_guidance, expand, save_image
 from negguide.generate.names import IMAGES
 from negguide.images import image_to_json
 from negguide.loading import DEFAULT_GUIDANCE_SCALE
@@ -160,14 +160,14 @@ class Comparison:
                 standard = planned[1].batch.groups[0]
                 modules = self._method(method).modules
                 group = tuple(dataclasses.replace(job, method=method, guidance=modules) for job in standard)
-                planned.append(Row(title(method), Batch((group,)), cfg))
+                planned.append(Row(title(method), Batch((_with_true_cfg(group, cfg),))))
                 continue
             found, problems = expand(
                 [plain if method == PLAIN else compared], [self._method(method)], self._defaults(), model
             )
             if problems:
                 raise ValueError(problems[0].message)
-            planned.extend(Row(title(group[0].method), Batch((tuple(group),)), cfg) for group in found)
+            planned.extend(Row(title(group[0].method), Batch((_with_true_cfg(group, cfg),))) for group in found)
         return planned
 
     def _check_settings(self) -> None:
@@ -234,11 +234,20 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Row:
-    """One planned row: its title, its pipeline call and its true CFG scale (1: none)."""
+    """One planned row: its title and its pipeline call."""
 
     title: str
     batch: Batch
-    true_cfg_scale: float = 1.0
+
+    @property
+    def true_cfg_scale(self) -> float:
+        """The call's true CFG scale (1: none)."""
+        return self.batch.jobs[0].true_cfg_scale or 1.0
+
+
+def _with_true_cfg(group: Sequence[Job], scale: float) -> tuple[Job, ...]:
+    """``group``'s jobs with true CFG at ``scale`` (recorded in their images), or none at 1."""
+    return tuple(dataclasses.replace(job, true_cfg_scale=scale if scale > 1 else None) for job in group)
 
 
 @dataclass(frozen=True)
@@ -267,7 +276,7 @@ def compare(
     for index, row in enumerate(planned):
         if on_column is not None:
             on_column(index, len(planned), row.title)
-        images = model.generate(row.batch, row.true_cfg_scale)
+        images = model.generate(row.batch)
         files = tuple(save_image(out, image, row.batch, position) for position, image in enumerate(images))
         yield Column(row.title, row.batch.jobs[0].method, files, tuple(job.seed for job in row.batch.jobs))
 

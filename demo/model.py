@@ -85,12 +85,10 @@ class DemoModel:
                 self._pipe = self.load()
             return work(self._pipe)
 
-    def generate(self, batch: Batch, true_cfg_scale: float = 1.0) -> list[PIL.Image.Image]:
-        """The images of ``batch`` from one pipeline call, made exactly as ``negguide generate`` makes them;
-        ``true_cfg_scale`` above 1 (guidance-distilled models) adds true classifier-free guidance."""
-        if true_cfg_scale == 1:
-            return self.call(lambda pipe: generate_images(pipe, batch))
-        return self.call(lambda pipe: _true_cfg_images(pipe, batch, true_cfg_scale))
+    def generate(self, batch: Batch) -> list[PIL.Image.Image]:
+        """The images of ``batch`` from one pipeline call, made exactly as ``negguide generate`` makes them (true
+        classifier-free guidance where its jobs ask for it)."""
+        return self.call(lambda pipe: generate_images(pipe, batch))
 
     def tokens(self, text: str) -> TokenCount:
         """How much of ``text`` the model's text encoder reads (loads the model)."""
@@ -129,21 +127,3 @@ def _distilled_config(info: ModelInfo) -> bool:
         return False
     return negative_cost(family, config) == TRUE_CFG
 
-
-def _true_cfg_images(pipe: DiffusionPipeline, batch: Batch, true_cfg_scale: float) -> list[PIL.Image.Image]:
-    """`negguide.generate.generate_images`'s call with ``true_cfg_scale``."""
-    job = batch.groups[0][0]
-    return pipe(
-        prompt=[group[0].prompt for group in batch.groups],
-        negative_prompt=[group[0].negative_prompt for group in batch.groups],
-        num_images_per_prompt=len(batch.groups[0]),
-        guidance=batch.guidance(),
-        num_inference_steps=job.steps,
-        guidance_scale=job.guidance_scale,
-        guidance_rescale=job.guidance_rescale,
-        true_cfg_scale=true_cfg_scale,
-        width=job.width,
-        height=job.height,
-        generator=batch.generators(),
-        output_type="pil",
-    ).images
