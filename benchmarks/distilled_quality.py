@@ -64,7 +64,6 @@ def main() -> None:
     parser.add_argument("--cost-images", type=int, default=50, help="images a timed call (the quality run's batch)")
     parser.add_argument("--runs", type=int, default=7, help="timing rounds")
     parser.add_argument("--quick", action="store_true", help="8 seeds and 2 timing rounds")
-    parser.add_argument("--no-save", action="store_true", help="print only; store no run")
     add_store_argument(parser)
     args = parser.parse_args()
     if args.quick:
@@ -158,10 +157,9 @@ def main() -> None:
     }
     show(results)
     print(f"\n{2 * len(rows) * args.seeds} images and the timing in {elapsed:.0f} s")
-    if not args.no_save:
-        settings = {key: value for key, value in vars(args).items() if key not in ("no_save", "store")}
-        path = save("distilled_quality", settings, results, model_identity(DISTILLED_MODEL_NAME), args.store)
-        print(f"stored {path}")
+    settings = {key: value for key, value in vars(args).items() if key != "store"}
+    path = save("distilled_quality", settings, results, model_identity(DISTILLED_MODEL_NAME), args.store)
+    print(f"stored {path}")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,6 @@ def main() -> None:
     parser.add_argument("--true-cfg-scale", type=float, default=1.5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="2 timing rounds, 2 steps")
-    parser.add_argument("--no-save", action="store_true", help="print only; store no run")
     add_store_argument(parser)
     args = parser.parse_args()
     if args.quick:
@@ -128,9 +127,8 @@ def main() -> None:
         ],
     }
     show(results)
-    if not args.no_save:
-        settings = {key: value for key, value in vars(args).items() if key not in ("no_save", "store")}
-        print(f"stored {save('nag_cost', settings, results, model_identity(DISTILLED_MODEL_NAME), args.store)}")
+    settings = {key: value for key, value in vars(args).items() if key != "store"}
+    print(f"stored {save('nag_cost', settings, results, model_identity(DISTILLED_MODEL_NAME), args.store)}")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,6 @@ def main() -> None:
     parser.add_argument("--cost-images", type=int, default=8)
     parser.add_argument("--runs", type=int, default=5, help="timing rounds")
     parser.add_argument("--quick", action="store_true", help="8 seeds and 2 timing rounds")
-    parser.add_argument("--no-save", action="store_true", help="print only; store no run")
     add_store_argument(parser)
     args = parser.parse_args()
     if args.quick:
@@ -190,12 +189,11 @@ def main() -> None:
     }
     show(results)
     print(f"\n{len(rows) * args.seeds} images and the timing in {elapsed:.0f} s")
-    if not args.no_save:
-        settings = {key: value for key, value in vars(args).items() if key not in ("no_save", "store")}
-        settings["method"] = methods
-        name = "nag_quality_distilled" if distilled else "nag_quality"
-        path = save(name, settings, results, model_identity(args.model), args.store)
-        print(f"stored {path}")
+    settings = {key: value for key, value in vars(args).items() if key != "store"}
+    settings["method"] = methods
+    name = "nag_quality_distilled" if distilled else "nag_quality"
+    path = save(name, settings, results, model_identity(args.model), args.store)
+    print(f"stored {path}")
 
 
 if __name__ == "__main__":
