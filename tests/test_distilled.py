@@ -18,8 +18,7 @@ PROMPT = "a red circle"
 def stock() -> StableDiffusionPipeline:
     components = tiny_components()
     torch.manual_seed(0)
-    config = {key: value for key, value in components["unet"].config.items() if not key.startswith("_")}
-    components["unet"] = UNet2DConditionModel.from_config({**config, "time_cond_proj_dim": 8})
+    components["unet"] = UNet2DConditionModel.from_config(components["unet"].config, time_cond_proj_dim=8)
     pipe = StableDiffusionPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe

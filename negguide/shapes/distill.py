@@ -36,8 +36,7 @@ GUIDANCE_EMBEDDING_DIM = 256
 
 def student_from(teacher: UNet2DConditionModel) -> UNet2DConditionModel:
     """The teacher's UNet with a zero-initialised guidance-scale projection: the same prediction at any scale."""
-    config = {key: value for key, value in teacher.config.items() if not key.startswith("_")}
-    student = UNet2DConditionModel.from_config({**config, "time_cond_proj_dim": GUIDANCE_EMBEDDING_DIM})
+    student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=GUIDANCE_EMBEDDING_DIM)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     if unexpected or missing != ["time_embedding.cond_proj.weight"]:
         raise RuntimeError(f"teacher and student differ beyond the guidance embedding: {missing}, {unexpected}")
