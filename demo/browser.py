@@ -12,6 +12,8 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, Page, Playwright, expect
 
+from negguide.demo.examples import Example
+
 CHROMIUM = os.environ.get("NEGGUIDE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = (
     "--headless",
@@ -24,8 +26,14 @@ CHROMIUM_ARGS = (
     "--disable-sync",
 )
 VIEWPORT = {"width": 1400, "height": 1000}
-LOADED = "() => [...document.querySelectorAll('#gallery img')].every(image => image.complete && image.naturalWidth > 0)"
-"""True in the page once every image of the gallery has been fetched and decoded."""
+SHOWN = """captions => {
+  const labels = [...document.querySelectorAll('#gallery .caption-label')].map(label => label.innerText.trim());
+  const images = [...document.querySelectorAll('#gallery img')];
+  const loaded = images.length > 0 && images.every(image => image.complete && image.naturalWidth > 0);
+  return loaded && JSON.stringify(labels) === JSON.stringify(captions) ? labels : null;
+}"""
+"""In the page: the gallery's captions once they are ``captions`` and every image of the gallery has been fetched
+and decoded, else null."""
 
 
 def launch_chromium(playwright: Playwright) -> Browser:
@@ -60,20 +68,24 @@ def generate_in_page(
     return wait_for_rows(page, ["plain prompt", "standard negative", *methods], timeout_s, prompt)
 
 
-def run_example(page: Page, title: str, captions: Sequence[str], timeout_s: float = 120.0) -> list[str]:
-    """Click the example titled ``title`` and wait until the gallery shows ``captions``; returns the captions."""
-    page.get_by_text(title, exact=True).click()
-    return wait_for_rows(page, captions, timeout_s, page.locator("#prompt textarea").input_value())
+def run_example(page: Page, example: Example, captions: Sequence[str], timeout_s: float = 120.0) -> list[str]:
+    """Click ``example`` and wait until the form holds its prompt and the gallery shows ``captions`` for it;
+    returns the captions."""
+    page.get_by_text(example.title, exact=True).click()
+    prompt = example.values["prompt"]
+    expect(page.locator("#prompt textarea")).to_have_value(prompt, timeout=timeout_s * 1000)
+    return wait_for_rows(page, captions, timeout_s, prompt)
 
 
 def wait_for_rows(page: Page, captions: Sequence[str], timeout_s: float = 120.0, prompt: str = "") -> list[str]:
     """Wait until the summary of ``prompt``'s generation is written and the gallery holds images captioned
-    ``captions``, all loaded; returns the gallery's captions."""
+    ``captions``, all loaded; returns the gallery's captions as read in that same moment (the gallery may be drawn
+    again after the last update, so a later read can catch it empty)."""
     expect(page.locator("#info")).to_contain_text(f"'{prompt[:50]}", timeout=timeout_s * 1000)
     expect(page.locator("#info")).to_contain_text(" s. Each download", timeout=timeout_s * 1000)
     expect(page.locator("#gallery .caption-label")).to_have_text(list(captions), timeout=timeout_s * 1000)
-    page.wait_for_function(LOADED, timeout=timeout_s * 1000)
-    return [text.strip() for text in page.locator("#gallery .caption-label").all_inner_texts()]
+    handle = page.wait_for_function(SHOWN, arg=list(captions), timeout=timeout_s * 1000)
+    return handle.json_value()
 
 
 HIDDEN_IMAGES = """() => {

@@ -37,7 +37,7 @@ def take_screenshot(out: Path, model: str | None = None) -> Path:
             try:
                 page = browser.new_page(viewport=VIEWPORT)
                 open_demo(page, url, TIMEOUT_S)
-                run_example(page, first.title, captions, timeout_s=TIMEOUT_S)
+                run_example(page, first, captions, timeout_s=TIMEOUT_S)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(out), full_page=True)
             finally:

@@ -66,12 +66,12 @@ def test_the_first_screen_every_example_and_typed_values_in_the_browser() -> Non
             first, *others = examples()
             expect(page.locator("#prompt textarea")).to_have_value(first.values["prompt"])
             expected = expected_captions(first)
-            assert run_example(page, first.title, expected) == expected
+            assert run_example(page, first, expected) == expected
             assert_every_image_shown(page)
             assert_changes_shown(page, first)
             for example in others:
                 expected = expected_captions(example)
-                assert run_example(page, example.title, expected, timeout_s=300) == expected, example.title
+                assert run_example(page, example, expected, timeout_s=300) == expected, example.title
                 expect(page.locator("#prompt textarea")).to_have_value(example.values["prompt"])
                 assert_every_image_shown(page)
                 assert_changes_shown(page, example)
