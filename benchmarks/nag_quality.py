@@ -122,10 +122,12 @@ def main() -> None:
     for case in negative_cases():
         if case.kind not in COMPANION_KINDS:
             continue
-        rates = {}
+        rates, plain = {}, None
         for method in methods:
             images = generate(pipe, case.prompt, seeds, call_kwargs(method, case.negative, true_cfg_scale), args)
-            verdicts = [judge(detect(image), case.prompt, case.negative) for image in images]
+            found = [detect(image) for image in images]
+            plain = plain or found
+            verdicts = [judge(d, case.prompt, case.negative, plain=p) for d, p in zip(found, plain)]
             present = 100 * sum(not v.negative_removed for v in verdicts) / len(verdicts)
             kept = 100 * sum(v.kept for v in verdicts) / len(verdicts)
             rates[method] = present, kept
@@ -161,8 +163,9 @@ def main() -> None:
     results = {
         "title": f"Companion removal on {args.model}",
         "summary": "Each one-object prompt with its frequent unnamed companion as the negative. 'present' is the share "
-        "of images still holding the companion, 'kept' the share holding the prompted object; overlap cases share the "
-        "prompted object's colour or shape with the companion.",
+        "of images still holding the companion (recoloured, reshaped or replaced in place, against the same seed's image "
+        "without a negative, counts as present), 'kept' the share holding the prompted object; overlap cases share "
+        "the prompted object's colour or shape with the companion.",
         "tables": [
             table(
                 f"Companion cases ({kind}{true_cfg}), {args.seeds} seeds, {args.steps} steps",

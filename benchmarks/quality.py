@@ -138,9 +138,10 @@ def main() -> None:
         rows, goal, overlaps = [], [], []
         for case in negative_cases():
             rates = {}
+            plain = detections(case.prompt, "none", None)
             for method in ["none", *methods]:
                 dets = detections(case.prompt, method, case.negative)
-                verdicts = [judge(d, case.prompt, case.negative) for d in dets]
+                verdicts = [judge(d, case.prompt, case.negative, plain=p) for d, p in zip(dets, plain)]
                 n = len(verdicts)
                 rates[method] = (sum(not v.negative_removed for v in verdicts) / n, sum(v.kept for v in verdicts) / n)
                 rows.append([
@@ -159,7 +160,8 @@ def main() -> None:
              "oversized %"],
             rows,
             formats=[None, None, None, None, ".1f", ".1f", ".1f", ".1f"],
-            note="Negative present: an object matching the negative beyond those the prompt names; prompted kept: "
+            note="Negative present: an object matching the negative beyond those the prompt names, or the same seed's "
+                 "negative object recoloured, reshaped or replaced in place (only removal counts); prompted kept: "
                  "every prompted object the negative does not name is there; oversized: an object larger than any "
                  "the world draws, what two shapes of one colour drawn touching look like to the detector.",
         ))
