@@ -15,6 +15,7 @@ packed ``(tokens, channels)``.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 
@@ -24,11 +25,14 @@ from negguide.branches import COND, Blend, Branch, CallInfo, EmbedsRef, EncoderT
 from negguide.checks import unit_interval
 from negguide.image_conditions import ImageConditions
 from negguide.layout import BatchLayout, ExtraRow
+from negguide.memory import MemoryBudget, budget_bytes, parse_budget, peak_memory, rows_that_fit
 from negguide.modules.base import PatchContext, PatchState
 from negguide.modules.resolve import GuidanceArg, patcher_claims_negative_prompt, resolve_guidance
 from negguide.postprocess import GuidanceRescale, PostCombine, Refinement
 
 Fields = dict[str, torch.Tensor]
+_ROW_BYTES: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, float]] = weakref.WeakKeyDictionary()
+"""Per network, the measured memory of one row of each row shape (see `Guide._forward`)."""
 Encoder = Callable[[list[Text]], Fields]
 Denoiser = Callable[[torch.Tensor, Fields], torch.Tensor]
 
@@ -98,8 +102,13 @@ class Guide:
             embeddings, SDXL time ids): the ``cond`` rows take the positive ones, every other row the negative.
         refinements (*optional*): `Refinement` steps run after the post-combine chain, each with one more network
             evaluation of the prompt's rows (SD3's skip-layer guidance).
-        forward_context (*optional*): ``forward_context(layout)``: a context entered around every network
-            evaluation, given the layout of its rows (a transformer's ``cache_context``, one per batched call).
+        forward_context (*optional*): ``forward_context(name)``: a context entered around every network
+            evaluation, given the name of its rows (`BatchLayout.name`; a transformer's ``cache_context``, one per
+            batched call).
+        memory_budget (*optional*): the memory one network evaluation may use (`negguide.memory.parse_budget`:
+            bytes, a size such as ``"6GB"``, or ``"auto"``); a step's rows that would need more run in the fewest
+            chunks that fit, with the same result. ``None`` (the default): one evaluation per step. A combiner's
+            ``max_rows`` overrides it.
     """
 
     def __init__(
@@ -114,7 +123,8 @@ class Guide:
         guidance_rescale: float = 0.0,
         image_conditions: ImageConditions | None = None,
         refinements: Sequence[Refinement] = (),
-        forward_context: Callable[[BatchLayout], AbstractContextManager] | None = None,
+        forward_context: Callable[[str], AbstractContextManager] | None = None,
+        memory_budget: MemoryBudget = None,
     ) -> None:
         self.combiner, self.patchers = resolve_guidance(guidance, negative_prompt)
         self.negative_claimed = patcher_claims_negative_prompt(guidance, negative_prompt)
@@ -131,7 +141,10 @@ class Guide:
         self.conditions = ConditionTable(encode, given)
         self.image_conditions = image_conditions
         self.refinements = tuple(refinements)
-        self._forward_context = forward_context or (lambda layout: nullcontext())
+        self._forward_context = forward_context or (lambda name: nullcontext())
+        self.memory_budget = parse_budget(memory_budget)
+        self._whole_branches = any(patcher.whole_branches for patcher in self.patchers)
+        self._row_bytes: dict[tuple, float] = {}
         self._batches: dict[tuple[Branch, ...], tuple[BatchLayout, Fields]] = {}
         self._states: list[PatchState] = []
 
@@ -218,6 +231,7 @@ class Guide:
         the call, so that a patcher's errors cost nothing.
         """
         context = dataclasses.replace(context or PatchContext(), conditions=self.conditions.rows)
+        self._row_bytes = _ROW_BYTES.setdefault(model, {})
         with ExitStack() as stack:
             self._states = [stack.enter_context(patcher.patch(model, self.call, context)) for patcher in self.patchers]
             try:
@@ -269,13 +283,41 @@ class Guide:
     def _forward(
         self, step: Step, layout: BatchLayout, rows: torch.Tensor, fields: Fields, denoise: Denoiser
     ) -> torch.Tensor:
-        outputs = []
-        for chunk in layout.chunks(self.combiner.max_rows):
-            for state in self._states:
-                state.before_forward(step, layout[chunk])
-            with self._forward_context(layout[chunk]):
-                outputs.append(denoise(rows[chunk], {name: t[chunk] for name, t in fields.items()}))
+        """The network on ``rows``: in one evaluation, or in chunks of at most the combiner's ``max_rows``, or in
+        the fewest chunks that fit the memory budget (the first evaluation of a row shape measures what a row
+        needs, on the smallest unit the rows may be split into)."""
+        outputs, done = [], 0
+        max_rows = self.combiner.max_rows
+        if max_rows is None and self.memory_budget is not None:
+            key = _row_key(rows, fields, self.patchers)
+            if key not in self._row_bytes:
+                probe = slice(0, layout.unit_sizes(self._whole_branches)[0])
+                with peak_memory(rows.device) as peak:
+                    outputs.append(self._evaluate(step, layout, probe, rows, fields, denoise))
+                self._row_bytes[key] = peak.bytes / probe.stop
+                done = probe.stop
+            max_rows = rows_that_fit(budget_bytes(self.memory_budget, rows.device), self._row_bytes[key])
+            largest = max(layout.unit_sizes(self._whole_branches))
+            if largest > max_rows:
+                raise ValueError(
+                    f"`memory_budget` holds {max_rows} rows of this network's batch, but a branch of {largest} rows "
+                    "must run in one evaluation (a guidance module relates its images): raise the budget, or make "
+                    "fewer images per call."
+                )
+        for chunk in layout[done:].chunks(max_rows, self._whole_branches):
+            chunk = slice(chunk.start + done, chunk.stop + done)
+            outputs.append(self._evaluate(step, layout, chunk, rows, fields, denoise))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _evaluate(
+        self, step: Step, layout: BatchLayout, chunk: slice, rows: torch.Tensor, fields: Fields, denoise: Denoiser
+    ) -> torch.Tensor:
+        """One network evaluation of ``layout``'s rows ``chunk``, with the patchers told which rows they are."""
+        part = layout[chunk]
+        for state in self._states:
+            state.before_forward(step, part)
+        with self._forward_context(part.name(self.call.num_images)):
+            return denoise(rows[chunk], {name: t[chunk] for name, t in fields.items()})
 
 
 def _texts(key: TextKey) -> tuple[Text, ...]:
@@ -305,3 +347,14 @@ def _merged_rescale(module_value: float, call_value: float) -> float:
             "one place."
         )
     return module_value or call_value
+
+
+def _row_key(rows: torch.Tensor, fields: Fields, patchers: Sequence[object]) -> tuple:
+    """What a row's memory depends on: the shapes and dtypes of a row of latents and of its fields, and the
+    patchers."""
+    return (
+        tuple(rows.shape[1:]),
+        rows.dtype,
+        tuple((name, tuple(t.shape[1:]), t.dtype) for name, t in sorted(fields.items())),
+        tuple(type(patcher).__name__ for patcher in patchers),
+    )

@@ -21,7 +21,6 @@ from negguide.branches import CallInfo, EncoderTexts, Step, Text, TextKey
 from negguide.core import Denoiser, Fields, Guide, embeds_conditions
 from negguide.image_conditions import ImageConditions, adapter_fields, per_image
 from negguide.image_tokens import image_token_outputs
-from negguide.layout import BatchLayout
 from negguide.modules.base import PatchContext
 
 logger = logging.get_logger(__name__)
@@ -181,15 +180,16 @@ def denoising_loop(
     return latents
 
 
-def cache_contexts(network: torch.nn.Module) -> Callable[[BatchLayout], AbstractContextManager] | None:
+def cache_contexts(network: torch.nn.Module) -> Callable[[str], AbstractContextManager] | None:
     """The `Guide` ``forward_context`` of a network with diffusers' cache hooks (`CacheMixin`: FirstBlockCache,
-    TaylorSeer, FasterCache, ...): each batched evaluation runs in the cache context named after its branches in
-    row order (``"cond"``; ``"uncond+cond"`` when the negative is batched with the prompt). The stock pipelines
-    run one context per branch (``"cond"``, ``"uncond"``); here all branches of a step share one evaluation, so a
-    cache decides for all of them at once. ``None`` for networks without cache contexts."""
+    TaylorSeer, FasterCache, ...): each batched evaluation runs in the cache context named after its rows
+    (`BatchLayout.name`: ``"cond"``; ``"uncond+cond"`` when the negative is batched with the prompt;
+    ``"cond[0:4]"`` for a chunk of a memory-split batch). The stock pipelines run one context per branch
+    (``"cond"``, ``"uncond"``); here all branches of a step share one evaluation, so a cache decides for all of
+    them at once. ``None`` for networks without cache contexts."""
     if not hasattr(network, "cache_context"):
         return None
-    return lambda layout: network.cache_context("+".join(layout.branches))
+    return network.cache_context
 
 
 def ip_adapter_conditions(

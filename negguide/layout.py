@@ -95,23 +95,37 @@ class BatchLayout:
         """The contiguous rows that hold ``branch``'s images, in image order."""
         return self._image_slices[branch]
 
-    def chunks(self, max_rows: int | None) -> list[slice]:
-        """Consecutive row ranges of whole branches, each at most ``max_rows`` rows long where a branch fits.
-
-        A branch is never split, so hooks that relate the images of one branch see them in one forward.
-        """
+    def chunks(self, max_rows: int | None, whole_branches: bool = True) -> list[slice]:
+        """The fewest consecutive row ranges of at most ``max_rows`` rows, each made of whole units: branches with
+        ``whole_branches`` (for hooks that relate the rows of a branch, which must see them in one forward), else
+        single rows. A unit larger than ``max_rows`` is a range of its own."""
         if max_rows is None or len(self.rows) <= max_rows:
             return [slice(0, len(self.rows))]
         chunks: list[slice] = []
         start = end = 0
-        for branch in self.branches:
-            size = sum(1 for row in self.rows if row.branch == branch)
+        for size in self.unit_sizes(whole_branches):
             if end > start and end - start + size > max_rows:
                 chunks.append(slice(start, end))
                 start = end
             end += size
         chunks.append(slice(start, end))
         return chunks
+
+    def unit_sizes(self, whole_branches: bool) -> list[int]:
+        """The row counts of the units `chunks` never splits, in row order."""
+        if not whole_branches:
+            return [1] * len(self.rows)
+        return [sum(1 for row in self.rows if row.branch == branch) for branch in self.branches]
+
+    def name(self, num_images: int) -> str:
+        """The branches of these rows joined by ``+`` in row order (``"uncond+cond"``), each followed by the range
+        of its images, ``"cond[0:4]"``, when it holds only some of the call's ``num_images``."""
+        names = []
+        for branch in self.branches:
+            images = sorted({row.image for row in self.rows if row.branch == branch and row.image is not None})
+            whole = images == list(range(num_images))
+            names.append(branch if whole or not images else f"{branch}[{images[0]}:{images[-1] + 1}]")
+        return "+".join(names)
 
     def __getitem__(self, rows: slice) -> BatchLayout:
         return BatchLayout(self.rows[rows])

@@ -35,6 +35,7 @@ from negguide.family import (
     true_cfg,
 )
 from negguide.image_conditions import ImageConditions, adapter_fields, adapter_list, per_image
+from negguide.memory import MemoryBudget
 from negguide.modules.resolve import GuidanceArg
 
 
@@ -82,6 +83,7 @@ class FluxNegGuidePipeline(FluxPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         max_sequence_length: int = 512,
         guidance: GuidanceArg = None,
+        memory_budget: MemoryBudget = None,
     ) -> FluxPipelineOutput | tuple:
         r"""Generate images; the arguments are diffusers' `FluxPipeline.__call__` arguments, plus:
 
@@ -94,6 +96,11 @@ class FluxNegGuidePipeline(FluxPipeline):
                 the image tokens of the transformer's attention outputs only, never the text tokens; NegToMe's
                 default layers are the joint and single blocks, e.g. ``NegToMe(threshold=0.65, stop=0.1)``
                 (the paper's Flux settings).
+            memory_budget (`int` or `str`, *optional*):
+                The memory one network evaluation may use: bytes, a size such as ``"6GB"``, or ``"auto"`` (the
+                device's free memory). A step's rows (every branch of every image) that would need more run in the
+                fewest chunks that fit, with the same result; the first evaluation of a row shape measures what a
+                row needs (`negguide.memory`). ``None`` (the default): one evaluation per step, as diffusers.
 
         Guidance runs when ``true_cfg_scale > 1`` and there is something negative (a ``negative_prompt``, even
         ``""``, negative embeddings, or a module's own negatives), as in the stock pipeline. A negative with
@@ -195,6 +202,7 @@ class FluxNegGuidePipeline(FluxPipeline):
             given=given,
             negative_prompt=negative_prompt,
             forward_context=cache_contexts(self.transformer),
+            memory_budget=memory_budget,
         )
         guided = true_cfg(
             guide.has_negative(negative_prompt, negative_prompt_embeds), true_cfg_scale, strict=guidance is not None

@@ -32,6 +32,7 @@ from negguide.family import (
     true_cfg,
 )
 from negguide.image_conditions import adapter_list
+from negguide.memory import MemoryBudget
 from negguide.modules.base import PatchContext
 from negguide.modules.resolve import GuidanceArg
 
@@ -71,6 +72,7 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         true_cfg_scale: float = 1.0,
         guidance: GuidanceArg = None,
+        memory_budget: MemoryBudget = None,
     ) -> StableDiffusionPipelineOutput | tuple:
         r"""Generate images; the arguments are diffusers' `StableDiffusionPipeline.__call__` arguments, plus:
 
@@ -86,6 +88,11 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
                 How negatives act: a combiner such as ``NegativePrompts([Negative("blurry", start=0.2)])``,
                 any number of patchers, or a registry name (``"negative_prompts"``, ``"nag"``) that builds the
                 module from ``negative_prompt``. ``None`` is diffusers' standard guidance, output for output.
+            memory_budget (`int` or `str`, *optional*):
+                The memory one network evaluation may use: bytes, a size such as ``"6GB"``, or ``"auto"`` (the
+                device's free memory). A step's rows (every branch of every image) that would need more run in the
+                fewest chunks that fit, with the same result; the first evaluation of a row shape measures what a
+                row needs (`negguide.memory`). ``None`` (the default): one evaluation per step, as diffusers.
 
         IP-Adapter inputs condition every branch: the prompt's branch takes the image embeddings, every other
         branch (the empty-prompt baseline, negatives, Perp-Neg's rows) the negative ones (zeros, or the first half
@@ -163,6 +170,7 @@ class StableDiffusionNegGuidePipeline(StableDiffusionPipeline):
             negative_prompt=negative_prompt,
             guidance_rescale=guidance_rescale,
             forward_context=cache_contexts(self.unet),
+            memory_budget=memory_budget,
         )
         if distilled:
             # An empty negative prompt asks for nothing here; stock Flux counts it, but this UNet has no baseline of

@@ -36,6 +36,7 @@ from negguide.family import (
     patched,
 )
 from negguide.image_conditions import adapter_list
+from negguide.memory import MemoryBudget
 from negguide.modules.resolve import GuidanceArg
 from negguide.postprocess import SkipLayerGuidance
 
@@ -83,6 +84,7 @@ class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
         skip_layer_guidance_start: float = 0.01,
         mu: float | None = None,
         guidance: GuidanceArg = None,
+        memory_budget: MemoryBudget = None,
     ) -> StableDiffusion3PipelineOutput | tuple:
         r"""Generate images; the arguments are diffusers' `StableDiffusion3Pipeline.__call__` arguments, plus:
 
@@ -93,6 +95,11 @@ class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
                 ``negative_prompt``. ``None`` is diffusers' standard guidance, output for output. Patchers see the
                 image tokens of the transformer's attention outputs only, never the text tokens; NegToMe's default
                 layers are the joint blocks (``NegToMe(layers=...)`` picks others by name).
+            memory_budget (`int` or `str`, *optional*):
+                The memory one network evaluation may use: bytes, a size such as ``"6GB"``, or ``"auto"`` (the
+                device's free memory). A step's rows (every branch of every image) that would need more run in the
+                fewest chunks that fit, with the same result; the first evaluation of a row shape measures what a
+                row needs (`negguide.memory`). ``None`` (the default): one evaluation per step, as diffusers.
 
         Skip-layer guidance (``skip_guidance_layers``, SD 3.5) runs as in diffusers: after guidance, at the steps
         of its window, one more evaluation of the prompt's rows with those layers skipped, under every module.
@@ -195,6 +202,7 @@ class StableDiffusion3NegGuidePipeline(StableDiffusion3Pipeline):
             negative_prompt=negative_prompt,
             refinements=() if skip_layers is None else (skip_layers,),
             forward_context=cache_contexts(self.transformer),
+            memory_budget=memory_budget,
         )
         if (ip_adapter_image is not None and self.is_ip_adapter_active) or ip_adapter_image_embeds is not None:
             guide.image_conditions = ip_adapter_conditions(

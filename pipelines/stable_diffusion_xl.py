@@ -36,6 +36,7 @@ from negguide.family import (
     patched,
 )
 from negguide.image_conditions import ImageConditions, adapter_list
+from negguide.memory import MemoryBudget
 from negguide.modules.base import PatchContext
 from negguide.modules.resolve import GuidanceArg
 
@@ -85,6 +86,7 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
         callback_on_step_end: Callback | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         guidance: GuidanceArg = None,
+        memory_budget: MemoryBudget = None,
     ) -> StableDiffusionXLPipelineOutput | tuple:
         r"""Generate images; the arguments are diffusers' `StableDiffusionXLPipeline.__call__` arguments, plus:
 
@@ -94,6 +96,11 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
                 ``PerpNeg(["blurry"])``, any number of patchers (``NegToMe()``: its default layers, the UNet's
                 ``up_blocks`` attention, are the paper's SDXL choice), or a registry name that builds the module
                 from ``negative_prompt``. ``None`` is diffusers' standard guidance, output for output.
+            memory_budget (`int` or `str`, *optional*):
+                The memory one network evaluation may use: bytes, a size such as ``"6GB"``, or ``"auto"`` (the
+                device's free memory). A step's rows (every branch of every image) that would need more run in the
+                fewest chunks that fit, with the same result; the first evaluation of a row shape measures what a
+                row needs (`negguide.memory`). ``None`` (the default): one evaluation per step, as diffusers.
 
         What stock gives its unconditional half, every branch other than the prompt's gets here (the empty-prompt
         baseline, negatives, Perp-Neg's rows): the negative micro-conditioning (``negative_original_size``,
@@ -187,6 +194,7 @@ class StableDiffusionXLNegGuidePipeline(StableDiffusionXLPipeline):
             negative_prompt=negative_prompt,
             guidance_rescale=guidance_rescale,
             forward_context=cache_contexts(self.unet),
+            memory_budget=memory_budget,
         )
 
         latents = self.prepare_latents(

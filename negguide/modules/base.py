@@ -79,7 +79,9 @@ class Combiner(GuidanceModule):
 
     guidance_rescale: float = 0.0
     max_rows: int | None = None
-    """Largest number of rows per network evaluation; the core splits larger batches between branches."""
+    """Largest number of rows per network evaluation; the core splits larger batches (between rows, or between
+    branches when a patcher relates a branch's rows: `Patcher.whole_branches`). It overrides a call's
+    ``memory_budget``."""
 
     @abstractmethod
     def branches(self, call: CallInfo, step: Step) -> tuple[Branch, ...]:
@@ -140,6 +142,10 @@ class Patcher(GuidanceModule):
     """
 
     image_tokens_only: ClassVar[bool] = True
+    whole_branches: ClassVar[bool] = False
+    """Whether the patcher's hooks relate the rows of a branch (its images, its extra rows), so that a batch split
+    for memory (`negguide.memory`) or by ``max_rows`` must keep each branch in one evaluation; otherwise rows are
+    split one by one."""
 
     def texts(self, call: CallInfo) -> tuple[TextKey, ...]:
         """Text conditions the patcher needs encoded (its own negatives, say); the core encodes them with the

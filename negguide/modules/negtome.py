@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import PIL.Image
@@ -79,6 +79,8 @@ class NegToMe(Patcher):
     ``to_dict()`` writes file paths as given and in-memory images (references and masks, given as PIL images,
     arrays or data URIs) as lossless PNG data URIs, so a configuration round-trips through JSON.
     """
+
+    whole_branches: ClassVar[bool] = True
 
     mode: str = "batch"
     alpha: float = 0.9

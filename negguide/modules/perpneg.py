@@ -52,8 +52,8 @@ class PerpNeg(Combiner):
         eps (`float`, defaults to 1e-6): floor of ``||d_p||^2`` in the projection.
         guidance_rescale (`float`, defaults to 0.0): rescale factor phi in ``[0, 1]`` (Lin et al., arXiv
             2305.08891); the call's ``guidance_rescale`` is used when this is 0.
-        max_rows (`int`, *optional*): most rows per network evaluation; larger batches are split between
-            branches (same result, less memory).
+        max_rows (`int`, *optional*): most rows per network evaluation; larger batches are split (same result,
+            less memory). The pipelines' ``memory_budget`` sizes the split from the memory instead.
     """
 
     negatives: tuple[Negative, ...] = ()
