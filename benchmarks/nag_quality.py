@@ -1,7 +1,7 @@
 """Companion removal on an embedded model: no negative, CFG negatives and NAG side by side, with their cost.
 
     python benchmarks/nag_quality.py --model shapes-world-distilled      # one evaluation per step
-    python benchmarks/nag_quality.py --model shapes-world --method standard --method nag \\
+    python benchmarks/nag_quality.py --model shapes-world --method standard \\
         --method 'standard+nag'                                          # the CFG model, NAG on top
     python benchmarks/nag_quality.py --quick                             # 8 seeds, 2 timing rounds
 
