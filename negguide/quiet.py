@@ -1,5 +1,5 @@
-"""What the libraries under ``negguide generate`` print: their warnings, log lines and loading bars stay out of
-a run's output (``--verbose`` shows them)."""
+"""What the libraries under the ``negguide`` command print: their warnings, log lines and loading bars stay out of
+a command's output (``--verbose`` shows them)."""
 
 from __future__ import annotations
 

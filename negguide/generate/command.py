@@ -17,7 +17,6 @@ from negguide.generate.model import load_model, read_model
 from negguide.generate.options import CONFIG_KEYS, Options, resolve_options
 from negguide.generate.plan import Batch, Job, Plan, expand_groups
 from negguide.generate.prompts import Problem, read_items
-from negguide.generate.quiet import library_output
 from negguide.generate.runner import (
     finish,
     finished,
@@ -118,11 +117,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the image count, generate nothing")
     parser.add_argument("--no-grid", dest="grids", action="store_false", help="write no comparison grids")
     parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="show the warnings, log lines and loading bars of diffusers, transformers and accelerate",
-    )
-    parser.add_argument(
         "--from-image",
         type=Path,
         metavar="PNG",
@@ -134,8 +128,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """The ``generate`` command; returns the exit code."""
-    with library_output(args.verbose):
-        return regenerate(args) if args.from_image is not None else generate(args)
+    return regenerate(args) if args.from_image is not None else generate(args)
 
 
 def generate(args: argparse.Namespace) -> int:
