@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import re
+import sys
 from collections import deque
 
 import numpy as np
@@ -259,13 +261,20 @@ def test_first_step_follows_the_negative_window_rule():
     assert [first_step(start, 20) for start in (0.0, 0.2, 0.21, 0.5, 0.99)] == [0, 4, 5, 10, 20]
 
 
-def test_remove_command_writes_the_images_and_trials(tmp_path, capsys):
+def test_remove_command_writes_the_images_and_trials(tmp_path, capsys, monkeypatch):
+    """trials.csv gives each trial's window, verdict and outcome: the recoloured trial is present, not removed."""
+    monkeypatch.setattr(sys.modules[__name__], "DETECTOR", RecolouringDetector(), raising=False)
     model = save_tiny_model(tmp_path / "model")
     out = tmp_path / "out"
     code = main(["remove", "--prompt", PROMPT, "--object", OBJ, "--model", str(model), "--device", "cpu",
-                 "--steps", "2", "--out", str(out)])  # fmt: skip
+                 "--steps", "3", "--out", str(out), "--detector", f"{__name__}:DETECTOR"])  # fmt: skip
     assert code == 0
-    assert {path.name for path in out.iterdir()} >= {"plain.png", "removed.png", "trials.csv"}
+    assert {path.name for path in out.iterdir()} == {
+        "plain.png", "removed.png", "trials.csv", "trial-0-steps-1-2.png", "trial-1-steps-1-3.png"
+    }  # fmt: skip
+    with (out / "trials.csv").open(newline="") as file:
+        rows = [(row["end_step"], row["present"], row["outcome"]) for row in csv.DictReader(file)]
+    assert rows == [("2", "1", "recoloured"), ("3", "0", "removed")]
     assert "red square" in capsys.readouterr().out
 
 

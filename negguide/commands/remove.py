@@ -29,8 +29,9 @@ examples:
   negguide remove --model path/to/sd --prompt "a street" --object "a car" --detector mydetectors:car --out out/
 
 Writes plain.png (no negative), removed.png (the chosen window), trial-<k>-steps-<a>-<b>.png for every trial and
-trials.csv (window and verdict of each trial). The built-in detector reads shapes-world phrases; --detector names
-any callable detector(image, object) -> bool as module:attribute.
+trials.csv (window, verdict and outcome of each trial: removed, recoloured, reshaped, replaced or present). The
+built-in detector reads shapes-world phrases; --detector names any callable detector(image, object) -> bool as
+module:attribute.
 """
 
 
@@ -87,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
     save_png(result.image, out / "removed.png")
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["trial", "start_step", "end_step", "start", "stop", "present"])
+    writer.writerow(["trial", "start_step", "end_step", "start", "stop", "present", "outcome"])
     for k, trial in enumerate(result.trials):
         save_png(trial.image, out / f"trial-{k}-steps-{trial.window[0]}-{trial.window[1]}.png")
-        writer.writerow([k, *trial.window, *(f"{f:.4f}" for f in trial.fractions), int(trial.present)])
+        writer.writerow([k, *trial.window, *(f"{f:.4f}" for f in trial.fractions), int(trial.present), trial.outcome])
     write_atomic(out / "trials.csv", lambda file: file.write(table.getvalue().encode("utf-8")))
     print(result.summary())
     return 0
