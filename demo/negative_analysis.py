@@ -9,7 +9,6 @@ regenerated from the same initial latents), on the demo's model, one generation 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,26 +114,8 @@ def analyse(model: DemoModel, run: NegativeRun, folder: Path) -> AnalysisView:
         )
     )
     return AnalysisView(
-        plot(result), enlarged(result.images[0]), result.to_csv(folder / CSV_NAME), onset_summary(result)
+        result.plot_image(), enlarged(result.images[0]), result.to_csv(folder / CSV_NAME), onset_summary(result)
     )
-
-
-def plot(result: AnalysisResult) -> PIL.Image.Image:
-    """`AnalysisResult.figure` as an image; when the negative acts on every step nothing is shaded (shading marks
-    the part of the run where it acts) and the axis says so."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    figure = result.figure()
-    if all(result.active):
-        for ax in figure.axes:
-            for patch in list(ax.patches):
-                patch.remove()
-        figure.axes[-1].set_xlabel("step (the negative acts on every step)")
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    with PIL.Image.open(buffer) as image:
-        return image.convert("RGB")
 
 
 def enlarged(image: PIL.Image.Image, side: int = SHOWN_SIDE) -> PIL.Image.Image:

@@ -168,7 +168,7 @@ class AnalysisResult:
 
     def figure(self) -> Any:
         """A matplotlib ``Figure``: one panel per metric against the step, the mean in bold over each image's
-        curve, and the steps where the negative acted shaded."""
+        curve, and the steps where the negative acted shaded (`shaded_steps`: none when it acted on every step)."""
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
 
@@ -176,17 +176,16 @@ class AnalysisResult:
         figure = Figure(figsize=(6.4, 1.9 * len(metrics) + 0.8), layout="constrained")
         axes = figure.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
         steps = np.arange(self.num_steps)
+        shaded, label = shaded_steps(self.active)
         for ax, metric in zip(axes, metrics):
-            for index, is_active in enumerate(self.active):
-                if is_active:
-                    ax.axvspan(index - 0.5, index + 0.5, color="tab:red", alpha=0.08, linewidth=0)
+            for index in shaded:
+                ax.axvspan(index - 0.5, index + 0.5, color="tab:red", alpha=0.08, linewidth=0)
             if len(self.seeds) > 1:
                 ax.plot(steps, self.values(metric), color="tab:blue", alpha=0.15, linewidth=0.8)
             ax.plot(steps, self.mean(metric), color="tab:blue", linewidth=2)
             ax.set_ylabel(LABELS[metric], fontsize=8)
             ax.grid(alpha=0.3)
-        acts = "shaded: the negative acts" if any(self.active) else "the negative is measured, not applied"
-        axes[-1].set_xlabel(f"step ({acts})")
+        axes[-1].set_xlabel(label)
         axes[-1].set_xlim(-0.5, self.num_steps - 0.5)
         axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
         title = f"{_shown(self.prompts)} / negative: {_shown(self.negatives)}, {len(self.seeds)} image(s)"
@@ -210,6 +209,17 @@ class AnalysisResult:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=110)
         return buffer.getvalue()
+
+
+def shaded_steps(active: Sequence[bool]) -> tuple[tuple[int, ...], str]:
+    """The steps a plot of a run shades, given whether the negative acted at each step, and the label of its step
+    axis. Shading marks the part of the run where the negative acts, so a negative acting on every step (a
+    ``[0, 1)`` window) or on none shades nothing."""
+    if all(active):
+        return (), "step (the negative acts on every step)"
+    if not any(active):
+        return (), "step (the negative is measured, not applied)"
+    return tuple(index for index, is_active in enumerate(active) if is_active), "step (shaded: the negative acts)"
 
 
 def onset_step(curve: np.ndarray, threshold: float | None = None) -> int | None:

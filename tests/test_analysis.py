@@ -52,6 +52,29 @@ def test_the_csv_has_one_row_per_step_with_finite_values(pipe, tmp_path):
     assert all(0 < float(row["attention_mass"]) < 1 and -1 <= float(row["cosine"]) <= 1 for row in rows)
 
 
+def acting_on(active: tuple[bool, ...]) -> AnalysisResult:
+    """A result of two images whose negative acted on the steps ``active`` says, without a pipeline."""
+    values = np.linspace(0.0, 1.0, 2 * len(active)).reshape(len(active), 2)
+    return AnalysisResult((PROMPT,) * 2, (NEGATIVE,) * 2, (0, 1), tuple(range(len(active))), active, values, values,
+                          values, ())  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "active, spans, label",
+    [
+        ((True,) * 4, [], "step (the negative acts on every step)"),
+        ((False, True, True, False), [(0.5, 1.5), (1.5, 2.5)], "step (shaded: the negative acts)"),
+        ((False,) * 4, [], "step (the negative is measured, not applied)"),
+    ],
+)
+def test_the_plot_shades_the_steps_where_the_negative_acts_unless_it_acts_on_every_step(active, spans, label):
+    figure = acting_on(active).figure()
+    assert len(figure.axes) == 3
+    for ax in figure.axes:
+        assert [tuple(np.round(patch.get_x() + np.array([0, patch.get_width()]), 6)) for patch in ax.patches] == spans
+    assert figure.axes[-1].get_xlabel() == label
+
+
 def test_the_plot_is_a_png(pipe, tmp_path):
     result = analyze_negative(pipe, PROMPT, NEGATIVE, 0, steps=2)
     assert (result.plot(tmp_path / "analysis.png")).read_bytes().startswith(b"\x89PNG")
