@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import PIL.Image
@@ -427,6 +427,8 @@ class AttentionMass(Patcher):
             (`token_positions`).
         record (`MassRecord`): where the measurements go.
     """
+
+    whole_branches: ClassVar[bool] = True
 
     tokens: tuple[tuple[int, ...], ...]
     record: MassRecord

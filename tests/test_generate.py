@@ -32,6 +32,7 @@ from generate_helpers import (
     write_inputs,
 )
 
+import negguide.generate.command
 import negguide.generate.runner
 from negguide.generate import Batch, Job, generate_images, load_model, read_model
 from negguide.metadata import parse_infotext, read_png_metadata
@@ -184,3 +185,17 @@ def test_two_processes_make_the_same_images_as_one(setup, tmp_path):
     assert len(files) == len(set(files)) == IMAGES
     assert not list(out.glob("manifest.part-*"))
     assert not temporaries(out)
+
+
+def test_the_memory_budget_reaches_every_call(setup, tmp_path, capsys):
+    """A budget too small for one row of the network stops the run with the pipelines' message."""
+    assert run_generate(*setup.args(tmp_path / "out", "--memory-budget", "1KiB")) == 2
+    assert "`memory_budget` is 1.0 KiB, but one row of this network's batch needs about" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("given", "device", "expected"),
+    [(None, "cuda:1", "auto"), (None, "cpu", None), ("none", "cuda", None), ("6GB", "cpu", "6GB"), (4096, "cuda", 4096)],
+)
+def test_the_memory_budget_is_auto_on_cuda_unless_given(given, device, expected):
+    assert negguide.generate.command._memory_budget(given, device) == expected

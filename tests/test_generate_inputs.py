@@ -82,6 +82,8 @@ def write(path: Path, text: str) -> Path:
         ("ok.txt", "a red circle\n", ["--size", "60x64"], "`--size` must be divisible by 8"),
         ("ok.txt", "a red circle\n", ["--steps", "0"], "`--steps` must be at least 1"),
         ("ok.txt", "a red circle\n", ["--batch-size", "x"], "`--batch-size` must be a whole number"),
+        ("ok.txt", "a red circle\n", ["--memory-budget", "lots"], "`--memory-budget` must be 'auto', a number of"),
+        ("ok.txt", "a red circle\n", ["--memory-budget", "0"], "`--memory-budget` must be a positive number"),
         ("ok.txt", "a red circle\n", ["--model", "no/such/folder"], "`--model`"),
     ],
 )

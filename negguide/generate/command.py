@@ -8,6 +8,7 @@ from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 from diffusers import DiffusionPipeline
 
@@ -28,6 +29,8 @@ from negguide.generate.runner import (
     save_image,
 )
 from negguide.generate.tokens import long_prompts, token_limit
+from negguide.generate.values import NO_BUDGET
+from negguide.memory import AUTO, MemoryBudget
 from negguide.metadata import read_png_metadata
 
 FROM_IMAGE_CONFLICTS = (
@@ -112,6 +115,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--batch-size", help="most images per pipeline call, the seeds of a prompt split between calls (default: 8)"
     )
+    parser.add_argument(
+        "--memory-budget",
+        help="memory one network evaluation may use, e.g. 6GB or 512MiB; a call's rows that need more run in the "
+        "fewest evaluations that fit, with the same images (default: auto on CUDA, the GPU's free memory; none on "
+        "the CPU)",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad prompt lines instead of stopping")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the image count, generate nothing")
@@ -158,10 +167,11 @@ def generate(args: argparse.Namespace) -> int:
     done = finished(options.out, plan)
     state.wait_for_everyone()
     if len(done) < plan.images:
-        pipe = load_model(model, _device(options.device, state))
+        device = _device(options.device, state)
+        pipe = load_model(model, device)
         if state.is_main_process:
             _report_long_prompts(pipe, plan)
-        run_batches(pipe, plan, options.out, state, done)
+        run_batches(pipe, plan, options.out, state, done, _memory_budget(options.memory_budget, device))
     state.wait_for_everyone()
     if state.is_main_process:
         complete, lines, grids = finish(options.out, plan.jobs(), options.grids)
@@ -239,3 +249,10 @@ def _print_plan(plan: Plan, done: set[str], options: Options, model: str) -> Non
 
 def _device(device: str | None, state: PartialState) -> str:
     return device if device and state.num_processes == 1 else str(state.device)
+
+
+def _memory_budget(budget: MemoryBudget, device: str) -> MemoryBudget:
+    """The pipelines' ``memory_budget``: as given, none for ``"none"``, and by default ``"auto"`` on CUDA."""
+    if budget is None:
+        return AUTO if torch.device(device).type == "cuda" else None
+    return None if budget == NO_BUDGET else budget

@@ -22,6 +22,7 @@ from negguide.generate.methods import (
     parse_method,
 )
 from negguide.generate.plan import Defaults
+from negguide.memory import MemoryBudget
 
 CONFIG_KEYS = (
     "methods",
@@ -34,6 +35,7 @@ CONFIG_KEYS = (
     "negative_prompt",
     "true_cfg_scale",
     "batch_size",
+    "memory_budget",
     "model",
 )
 
@@ -48,6 +50,7 @@ class Options:
     methods: tuple[Method, ...]
     defaults: Defaults
     batch_size: int
+    memory_budget: MemoryBudget
     device: str | None
     skip_bad: bool
     dry_run: bool
@@ -92,6 +95,7 @@ def resolve_options(args: argparse.Namespace) -> Options:
         methods=_methods(args, config),
         defaults=defaults,
         batch_size=pick("batch_size", "batch_size", values.positive_integer, 8),
+        memory_budget=pick("memory_budget", "memory_budget", values.memory_budget, None),
         device=args.device,
         skip_bad=args.skip_bad,
         dry_run=args.dry_run,

@@ -23,6 +23,7 @@ from negguide.generate.manifest import ManifestWriter, manifest_path, merge_mani
 from negguide.generate.model import model_label
 from negguide.generate.names import GRIDS, IMAGES, grid_name
 from negguide.generate.plan import Batch, Job, Plan
+from negguide.memory import MemoryBudget
 from negguide.metadata import infotext, is_complete_png, read_png_metadata, save_png
 
 
@@ -92,8 +93,11 @@ def finished(out: Path, plan: Plan) -> set[str]:
     return done
 
 
-def generate_images(pipe: DiffusionPipeline, batch: Batch) -> list[PIL.Image.Image]:
-    """The images of ``batch``, in its job order, from one pipeline call with one generator per image."""
+def generate_images(
+    pipe: DiffusionPipeline, batch: Batch, memory_budget: MemoryBudget = None
+) -> list[PIL.Image.Image]:
+    """The images of ``batch``, in its job order, from one pipeline call with one generator per image, its
+    network evaluations split to fit ``memory_budget`` (`negguide.memory`) when one is given."""
     job = batch.groups[0][0]
     return pipe(
         prompt=[group[0].prompt for group in batch.groups],
@@ -109,6 +113,7 @@ def generate_images(pipe: DiffusionPipeline, batch: Batch) -> list[PIL.Image.Ima
         # Only the UNet families' pipelines take `guidance_rescale`, as in diffusers; modules carry their own.
         **({"guidance_rescale": job.guidance_rescale} if job.guidance_rescale else {}),
         **({} if job.true_cfg_scale is None else {"true_cfg_scale": job.true_cfg_scale}),
+        **({} if memory_budget is None else {"memory_budget": memory_budget}),
     ).images
 
 
@@ -122,9 +127,15 @@ def save_image(out: Path, image: PIL.Image.Image, batch: Batch, position: int) -
 
 
 def run_batches(
-    pipe: DiffusionPipeline, batches: Plan | Sequence[Batch], out: Path, state: PartialState, done: set[str]
+    pipe: DiffusionPipeline,
+    batches: Plan | Sequence[Batch],
+    out: Path,
+    state: PartialState,
+    done: set[str],
+    memory_budget: MemoryBudget = None,
 ) -> int:
     """Make the images of ``batches`` not in ``done``; process ``i`` of ``n`` takes calls ``i``, ``i + n``, ...
+    Each call's evaluations keep to ``memory_budget`` (`generate_images`).
 
     A call with some images done is run whole, so that every image comes from the same call as in an
     uninterrupted run. The calls of a `Plan` are made one at a time, as they are reached. The progress bar
@@ -143,7 +154,7 @@ def run_batches(
                 progress.update(len(batch.jobs))
                 continue
             try:
-                images = generate_images(pipe, batch)
+                images = generate_images(pipe, batch, memory_budget)
             except ValueError as error:  # a setting the modules can only check against the model
                 first = batch.jobs[0]
                 raise InputError(f"method {first.method!r} ({first.source}): {error}") from error

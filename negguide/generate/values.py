@@ -13,8 +13,11 @@ from itertools import accumulate, chain
 from typing import overload
 
 from negguide.checks import finite_float, unit_interval
+from negguide.memory import MemoryBudget, parse_budget
 
 MAX_SEED = 2**64 - 1
+NO_BUDGET = "none"
+"""The ``--memory-budget`` that turns splitting off."""
 _RANGE = re.compile(r"(\d+)-(\d+)")
 
 
@@ -192,3 +195,11 @@ def number(value: object, name: str) -> float:
 def fraction(value: object, name: str) -> float:
     """A float in ``[0, 1]``."""
     return unit_interval(number(value, name), name)
+
+
+def memory_budget(value: object, name: str) -> MemoryBudget | str:
+    """A forward's memory budget (`negguide.memory.parse_budget`: bytes, ``"6GB"``, ``"auto"``), or ``"none"``:
+    no splitting."""
+    if isinstance(value, str) and value.strip().lower() == NO_BUDGET:
+        return NO_BUDGET
+    return parse_budget(value, name)
