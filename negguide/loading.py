@@ -86,7 +86,7 @@ def default_dtype(cls: type[DiffusionPipeline], device: torch.device) -> torch.d
 
 
 def load_pipeline(model: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
-                  torch_dtype: torch.dtype | None = None, **kwargs) -> DiffusionPipeline:
+                  dtype: torch.dtype | None = None, **kwargs) -> DiffusionPipeline:
     """Load a model as a negguide pipeline.
 
     Args:
@@ -94,13 +94,13 @@ def load_pipeline(model: str | os.PathLike | None = None, *, device: str | torch
             default) or ``"shapes-world"`` loads the embedded shapes-world model, ``"shapes-world-distilled"`` its
             guidance-distilled student, both offline.
         device (`str` or `torch.device`, *optional*): where to put it; CUDA when available, else CPU.
-        torch_dtype (`torch.dtype`, *optional*): by default float32 on the CPU; on CUDA float16 for SD and SDXL,
+        dtype (`torch.dtype`, *optional*): by default float32 on the CPU; on CUDA float16 for SD and SDXL,
             bfloat16 for SD3 and Flux.
         kwargs: passed on to ``from_pretrained`` (``variant``, ``revision``, ``cache_dir``, ...).
     """
     device = torch.device(device or default_device())
     if model == DISTILLED_MODEL_NAME:
-        return _load_distilled(device, torch_dtype, **kwargs)
+        return _load_distilled(device, dtype, **kwargs)
     if model is None or model == EMBEDDED_MODEL_NAME:
         model = embedded_model_path()
     elif isinstance(model, (str, os.PathLike)):
@@ -110,17 +110,17 @@ def load_pipeline(model: str | os.PathLike | None = None, *, device: str | torch
     else:
         raise TypeError(f"model must be a folder path, a hub id or None, got {type(model).__name__}")
     cls = pipeline_class_for(model)
-    pipe = cls.from_pretrained(model, torch_dtype=torch_dtype or default_dtype(cls, device), **kwargs)
+    pipe = cls.from_pretrained(model, dtype=dtype or default_dtype(cls, device), **kwargs)
     return pipe.to(device)
 
 
-def _load_distilled(device: torch.device, torch_dtype: torch.dtype | None, **kwargs) -> DiffusionPipeline:
+def _load_distilled(device: torch.device, dtype: torch.dtype | None, **kwargs) -> DiffusionPipeline:
     """The distilled shapes-world model: its own UNet beside the shapes-world model's other components."""
     from diffusers import UNet2DConditionModel
 
     from negguide.pipelines import StableDiffusionNegGuidePipeline
 
-    dtype = torch_dtype or default_dtype(StableDiffusionNegGuidePipeline, device)
-    unet = UNet2DConditionModel.from_pretrained(distilled_unet_path(), torch_dtype=dtype)
-    pipe = StableDiffusionNegGuidePipeline.from_pretrained(embedded_model_path(), unet=unet, torch_dtype=dtype, **kwargs)
+    dtype = dtype or default_dtype(StableDiffusionNegGuidePipeline, device)
+    unet = UNet2DConditionModel.from_pretrained(distilled_unet_path(), dtype=dtype)
+    pipe = StableDiffusionNegGuidePipeline.from_pretrained(embedded_model_path(), unet=unet, dtype=dtype, **kwargs)
     return pipe.to(device)

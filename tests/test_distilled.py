@@ -92,7 +92,7 @@ def test_the_embedded_distilled_model_loads_offline_by_name_and_matches_stock():
     stock = StableDiffusionPipeline.from_pretrained(
         embedded_model_path(),
         unet=UNet2DConditionModel.from_pretrained(distilled_unet_path()),
-        torch_dtype=torch.float32,
+        dtype=torch.float32,
     )
     stock.set_progress_bar_config(disable=True)
     call = {"prompt": "a blue square", "num_inference_steps": 4, "guidance_scale": 5.0, "output_type": "pt"}

@@ -16,7 +16,7 @@ from negguide.shapes.distill import GUIDANCE_EMBEDDING_DIM, guided_target, main,
 
 @pytest.fixture(scope="module")
 def teacher() -> StableDiffusionPipeline:
-    return StableDiffusionPipeline.from_pretrained(embedded_model_path(), torch_dtype=torch.float32)
+    return StableDiffusionPipeline.from_pretrained(embedded_model_path(), dtype=torch.float32)
 
 
 def test_the_untrained_student_is_the_teachers_conditional_branch_at_any_scale(teacher):

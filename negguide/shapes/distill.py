@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     log = Log(args.work)
     log(event="start", **{k: str(v) for k, v in vars(args).items()})
-    pipe = StableDiffusionPipeline.from_pretrained(teacher, torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(teacher, dtype=torch.float32)
     if pipe.tokenizer.model_max_length != MAX_LENGTH:
         parser.error(
             f"--teacher {teacher}: not a shapes-world model (its tokenizer keeps "

@@ -174,8 +174,8 @@ def load_init(parser: argparse.ArgumentParser, folder: Path, tokenizer):
     if known != len(tokenizer):
         parser.error(f"--init {folder}: its text encoder knows {known} tokens but the world's tokenizer has "
                      f"{len(tokenizer)}; a world with other words needs a run from nothing (leave out --init)")
-    return (AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32),
-            UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32),
+    return (AutoencoderKL.from_pretrained(folder / "vae", dtype=torch.float32),
+            UNet2DConditionModel.from_pretrained(folder / "unet", dtype=torch.float32),
             CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32))
 
 
