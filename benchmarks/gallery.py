@@ -71,7 +71,7 @@ def main() -> None:
     pipe = negguide.load_pipeline()
     pipe.set_progress_bar_config(disable=True)
 
-    rows, table = {}, []
+    rows, table, plain = {}, [], None
     for label, arguments in methods(args.negative).items():
         images = pipe(
             [args.prompt] * args.seeds,
@@ -80,7 +80,9 @@ def main() -> None:
             guidance_scale=args.scale,
             **arguments,
         ).images
-        verdicts = [judge(detect(image), args.prompt, args.negative) for image in images]
+        found = [detect(image) for image in images]
+        plain = plain or found  # the first method's, without a negative: a companion changed in place is not removed
+        verdicts = [judge(d, args.prompt, args.negative, plain=p) for d, p in zip(found, plain)]
         rows[label] = images
         table.append([label, sum(not v.negative_removed for v in verdicts), sum(v.kept for v in verdicts), args.seeds])
     picture = f"{args.prompt} / {args.negative}"
