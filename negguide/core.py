@@ -285,17 +285,18 @@ class Guide:
     ) -> torch.Tensor:
         """The network on ``rows``: in one evaluation, or in chunks of at most the combiner's ``max_rows``, or in
         the fewest chunks that fit the memory budget (the first evaluation of a row shape measures what a row
-        needs, on the smallest unit the rows may be split into)."""
-        outputs, done = [], 0
+        needs, on the smallest unit holding a row of the prompt's branch, the one patchers add the most work to)."""
+        outputs: dict[int, torch.Tensor] = {}
+        parts = [slice(0, len(layout))]
         max_rows = self.combiner.max_rows
         if max_rows is None and self.memory_budget is not None:
             key = _row_key(rows, fields, self.patchers)
             if key not in self._row_bytes:
-                probe = slice(0, layout.unit_sizes(self._whole_branches)[0])
+                probe = layout.unit_of(layout.image_rows(COND).start, self._whole_branches)
                 with peak_memory(rows.device) as peak:
-                    outputs.append(self._evaluate(step, layout, probe, rows, fields, denoise))
-                self._row_bytes[key] = peak.bytes / probe.stop
-                done = probe.stop
+                    outputs[probe.start] = self._evaluate(step, layout, probe, rows, fields, denoise)
+                self._row_bytes[key] = peak.bytes / (probe.stop - probe.start)
+                parts = [slice(0, probe.start), slice(probe.stop, len(layout))]
             max_rows = rows_that_fit(budget_bytes(self.memory_budget, rows.device), self._row_bytes[key])
             largest = max(layout.unit_sizes(self._whole_branches))
             if largest > max_rows:
@@ -304,10 +305,13 @@ class Guide:
                     "must run in one evaluation (a guidance module relates its images): raise the budget, or make "
                     "fewer images per call."
                 )
-        for chunk in layout[done:].chunks(max_rows, self._whole_branches):
-            chunk = slice(chunk.start + done, chunk.stop + done)
-            outputs.append(self._evaluate(step, layout, chunk, rows, fields, denoise))
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        for part in parts:
+            if part.stop > part.start:
+                for chunk in layout[part].chunks(max_rows, self._whole_branches):
+                    chunk = slice(chunk.start + part.start, chunk.stop + part.start)
+                    outputs[chunk.start] = self._evaluate(step, layout, chunk, rows, fields, denoise)
+        ordered = [outputs[start] for start in sorted(outputs)]
+        return ordered[0] if len(ordered) == 1 else torch.cat(ordered)
 
     def _evaluate(
         self, step: Step, layout: BatchLayout, chunk: slice, rows: torch.Tensor, fields: Fields, denoise: Denoiser

@@ -117,6 +117,15 @@ class BatchLayout:
             return [1] * len(self.rows)
         return [sum(1 for row in self.rows if row.branch == branch) for branch in self.branches]
 
+    def unit_of(self, row: int, whole_branches: bool) -> slice:
+        """The rows of the unit `chunks` keeps together that holds row ``row``: its branch's with
+        ``whole_branches``, else the row alone."""
+        if not whole_branches:
+            return slice(row, row + 1)
+        branch = self.rows[row].branch
+        indices = [i for i, other in enumerate(self.rows) if other.branch == branch]
+        return slice(indices[0], indices[-1] + 1)
+
     def name(self, num_images: int) -> str:
         """The branches of these rows joined by ``+`` in row order (``"uncond+cond"``), each followed by the range
         of its images, ``"cond[0:4]"``, when it holds only some of the call's ``num_images``."""

@@ -7,9 +7,12 @@ import math
 import pytest
 import torch
 from conftest import PROMPTS
+from family_helpers import SIZE, flux_components, sd3_components, sdxl_components
+from family_helpers import run as family_run
 from test_stable_diffusion import STEPS, run
 
-from negguide import Negative, NegToMe, PerpNeg
+import negguide.pipelines
+from negguide import NAG, Negative, NegativePrompts, NegToMe, PerpNeg
 from negguide.layout import BatchLayout
 from negguide.memory import AUTO, StorageTracker, parse_budget, peak_memory, rows_that_fit
 
@@ -75,6 +78,8 @@ def test_layout_chunks_split_rows_or_whole_branches():
     assert layout.chunks(None) == [slice(0, 9)]
     assert layout[2:5].name(3) == "uncond[2:3]+cond[0:2]"
     assert layout[0:6].name(3) == "uncond+cond"
+    assert layout.unit_of(4, whole_branches=True) == slice(3, 6)
+    assert layout.unit_of(4, whole_branches=False) == slice(4, 5)
 
 
 def row_bytes(pipe) -> float:
@@ -98,10 +103,10 @@ class ForwardPeaks:
         self._forward = module.forward
         module.forward = self._measured
 
-    def _measured(self, sample, *args, **kwargs):
+    def _measured(self, *args, **kwargs):
         with peak_memory(CPU) as peak:
-            out = self._forward(sample, *args, **kwargs)
-        self.rows.append(len(sample))
+            out = self._forward(*args, **kwargs)
+        self.rows.append(len(args[0] if args else next(iter(kwargs.values()))))
         self.peaks.append(peak.bytes)
         return out
 
@@ -132,12 +137,13 @@ def test_a_budget_splits_perp_neg_into_the_fewest_chunks_with_the_same_images(pi
     forwards.clear()
     split = run(pipe, **call, memory_budget=budget)
     torch.testing.assert_close(split, whole, rtol=0, atol=1e-5)
-    # The first evaluation measures one row; then the fewest chunks of at most `rows_per_chunk` rows.
-    chunks = math.ceil(12 / rows_per_chunk)
-    assert forwards.rows[0] == 1 and sum(forwards.rows[1 : 1 + math.ceil(11 / rows_per_chunk)]) == 11
-    later = forwards.rows[1 + math.ceil(11 / rows_per_chunk) :]
-    assert later == [rows_per_chunk] * (12 // rows_per_chunk) + ([12 % rows_per_chunk] if 12 % rows_per_chunk else [])
-    assert len(later) == chunks * (STEPS - 1)
+    # The first evaluation measures one row of the prompt's branch; the rows before and after it follow in chunks
+    # of at most `rows_per_chunk`; every later step runs the fewest chunks.
+    first = next(i for i in range(len(forwards.rows)) if sum(forwards.rows[: i + 1]) == 12) + 1
+    assert forwards.rows[0] == 1 and max(forwards.rows[:first]) <= rows_per_chunk
+    step = [rows_per_chunk] * (12 // rows_per_chunk) + ([12 % rows_per_chunk] if 12 % rows_per_chunk else [])
+    assert len(step) == math.ceil(12 / rows_per_chunk)
+    assert forwards.rows[first:] == step * (STEPS - 1)
     assert max(forwards.peaks) <= budget
 
 
@@ -176,3 +182,35 @@ def test_a_bad_budget_fails_before_any_network_runs(pipe, forwards):
     with pytest.raises(ValueError, match="memory_budget"):
         run(pipe, memory_budget="a lot")
     assert forwards.rows == []
+
+
+FAMILY_CALLS = {
+    "sdxl": ("StableDiffusionXLNegGuidePipeline", sdxl_components, {"negative_prompt": "dark"}),
+    "sd3": ("StableDiffusion3NegGuidePipeline", sd3_components, {"negative_prompt": "dark", "height": SIZE,
+                                                                 "width": SIZE, "max_sequence_length": 16}),
+    "flux": ("FluxNegGuidePipeline", flux_components, {"negative_prompt": "dark", "true_cfg_scale": 3.0,
+                                                       "height": SIZE, "width": SIZE, "max_sequence_length": 16}),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_CALLS))
+def test_every_family_splits_to_a_budget_with_the_same_images(family):
+    """Perp-Neg with two negatives and NAG beside the standard negative: the budget's chunks split branches
+    between evaluations (a chunk may hold part of a branch) and give the one-evaluation result."""
+    name, components, call = FAMILY_CALLS[family]
+    pipe = getattr(negguide.pipelines, name)(**components())
+    pipe.set_progress_bar_config(disable=True)
+    denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
+    recorder = ForwardPeaks(denoiser)
+    try:
+        for guidance in (PerpNeg(["dark", "blurry"]), [NegativePrompts(), NAG(["blurry"])]):
+            kwargs = {**call, "guidance": guidance, "num_images_per_prompt": 2}
+            whole = family_run(pipe, seeds=(0, 1, 2, 3), **kwargs)
+            one_row = max(peak // rows for peak, rows in zip(recorder.peaks, recorder.rows))
+            recorder.clear()
+            split = family_run(pipe, seeds=(0, 1, 2, 3), memory_budget=int(3.5 * one_row), **kwargs)
+            torch.testing.assert_close(split, whole, rtol=0, atol=1e-5)
+            assert max(recorder.rows) <= 3 < len(recorder.rows)
+            recorder.clear()
+    finally:
+        recorder.remove()
