@@ -69,6 +69,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         ("--steps", "5"),
         ("--quick", "--embedded-images", "2", "--images", "1", "--size", "64", "--threads", "1"),
     ),
+    "fullsize": Benchmark((), ("--quick", "--threads", "1")),
 }
 """The benchmarks the command runs, in the page's order."""
 
