@@ -57,9 +57,9 @@ def record_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     calls: list[tuple[str, int]] = []
     original = negguide.generate.runner.generate_images
 
-    def recording(pipe, batch):
+    def recording(pipe, batch, **options):
         calls.append((batch.jobs[0].method, len(batch.jobs)))
-        return original(pipe, batch)
+        return original(pipe, batch, **options)
 
     monkeypatch.setattr(negguide.generate.runner, "generate_images", recording)
     return calls
@@ -158,7 +158,7 @@ def test_a_huge_seed_range_is_planned_at_once(model, prompts, tmp_path, monkeypa
     class FirstCall(Exception):
         pass
 
-    def first_call(pipe, batch):
+    def first_call(pipe, batch, **options):
         raise FirstCall(batch.jobs)
 
     monkeypatch.setattr(negguide.generate.runner, "generate_images", first_call)

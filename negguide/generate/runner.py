@@ -154,7 +154,7 @@ def run_batches(
                 progress.update(len(batch.jobs))
                 continue
             try:
-                images = generate_images(pipe, batch, memory_budget)
+                images = generate_images(pipe, batch, memory_budget=memory_budget)
             except ValueError as error:  # a setting the modules can only check against the model
                 first = batch.jobs[0]
                 raise InputError(f"method {first.method!r} ({first.source}): {error}") from error
