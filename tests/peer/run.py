@@ -9,8 +9,12 @@ are the committed fixtures (``tests/fixtures``). See ``plugin.py`` for what chan
 
 Prints, per family and class set, the tests passed, failed and skipped (skips grouped by why: GPU, hub, peft,
 other), then every test that passes with the stock class and not with ours. Exit code 1 when there is one. Each
-run's pytest output is kept in ``<temp>/negguide-peer/<family>-<classes>.log``. Besides pytest, diffusers' tests
-need ``parameterized`` and ``requests_mock`` installed.
+run's pytest output is kept in ``<temp>/negguide-peer/<family>-<classes>.log``. diffusers' tests need the
+``peer`` extra (``pip install -e ".[peer]"``: pytest, ``parameterized``, ``requests-mock``).
+
+With ``--store DIR`` (``benchmarks/runs`` for the results page) the counts are kept as a run of ``peer``
+(`benchmarks/record.py`), with the diffusers version installed and the commit of the test files where the tree is
+a git checkout.
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
+import diffusers
+
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import record  # noqa: E402  (the repository's benchmarks folder, found from this file)
+
 FIXTURES = HERE.parent / "fixtures"
 FAMILIES = {
     "sd": "tests/pipelines/stable_diffusion/test_stable_diffusion.py",
@@ -83,11 +93,54 @@ def skip_kind(outcome: str) -> str:
     return next((kind for kind, words in SKIP_KINDS if any(word in reason for word in words)), "other")
 
 
-def summary(outcomes: dict[str, str]) -> str:
-    counts = Counter("skipped" if o.startswith("skipped") else o for o in outcomes.values())
+def counts(outcomes: dict[str, str]) -> dict[str, int]:
+    """Tests passed, failed and skipped, and the skips by why (`SKIP_KINDS`, then ``other``)."""
+    total = Counter("skipped" if o.startswith("skipped") else o for o in outcomes.values())
     skips = Counter(skip_kind(o) for o in outcomes.values() if o.startswith("skipped"))
-    detail = ", ".join(f"{kind} {n}" for kind, n in sorted(skips.items()))
-    return f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped ({detail or 'none'})"
+    kinds = [kind for kind, _ in SKIP_KINDS] + ["other"]
+    return {"passed": total["passed"], "failed": total["failed"], "skipped": total["skipped"]} | {
+        f"skipped, {kind}": skips[kind] for kind in kinds
+    }
+
+
+def summary(outcomes: dict[str, str]) -> str:
+    found = counts(outcomes)
+    detail = ", ".join(f"{key.split(', ')[1]} {n}" for key, n in found.items() if key.startswith("skipped, ") and n)
+    return f"{found['passed']} passed, {found['failed']} failed, {found['skipped']} skipped ({detail or 'none'})"
+
+
+def tests_commit(diffusers_tree: Path) -> str | None:
+    """The commit of the diffusers tree the tests come from, ``None`` when it is not a git checkout."""
+    found = subprocess.run(["git", "-C", str(diffusers_tree), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if found.returncode != 0:
+        return None
+    return found.stdout.strip()
+
+
+def stored_results(found: dict[str, dict[str, dict[str, str]]], regressions: list[tuple[str, str]]) -> dict:
+    """The run's ``results`` for the results page (`benchmarks/record.py`)."""
+    columns = ["family", "classes", *counts({})]
+    rows = [[family, which, *counts(outcomes).values()] for family, runs in found.items() for which, outcomes in runs.items()]
+    return {
+        "title": "diffusers' own pipeline tests on negguide's classes",
+        "summary": (
+            "diffusers' fast pipeline tests for each family (the PipelineTesterMixin suites of its tests/pipelines), "
+            "run offline with the committed tokenizer fixtures, once with the stock classes and once with "
+            "negguide's (`python tests/peer/run.py --diffusers PATH --store benchmarks/runs`). With negguide's "
+            "classes every pipeline call also runs the stock __call__ on the same components and inputs and fails "
+            "when the outputs differ. Skips are the suites' own: GPU-only, hub or slow, peft; a test that fails "
+            "with the stock class too fails here for a reason of its own (a golden slice recorded with the hub's "
+            "tiny tokenizers rather than the committed fixtures, a model to download)."
+        ),
+        "tables": [
+            record.table("Tests by outcome", columns, rows),
+            record.table(
+                "Tests that pass with the stock class and not with negguide's",
+                ["test", "outcome with negguide's class"],
+                [list(regression) for regression in regressions] or [["none", None]],
+            ),
+        ],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,24 +148,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diffusers", type=Path, required=True, help="a diffusers source tree with tests/")
     parser.add_argument("--family", choices=sorted(FAMILIES), action="append", help="default: all four")
     parser.add_argument("--classes", choices=["stock", "ours", "both"], default="both")
+    parser.add_argument("--store", type=Path, help="keep the counts as a run of `peer` in this folder of runs")
     parser.add_argument("pytest_args", nargs="*", help="after --: more pytest arguments (-k ...)")
     args = parser.parse_args(argv)
     if not (args.diffusers / "tests" / "pipelines" / "test_pipelines_common.py").is_file():
         parser.error(f"--diffusers {args.diffusers}: no tests/pipelines/test_pipelines_common.py there.")
     classes = ["stock", "ours"] if args.classes == "both" else [args.classes]
+    if args.store is not None and (args.classes != "both" or args.pytest_args):
+        parser.error("--store keeps whole runs only: leave out --classes and the pytest arguments.")
     regressions = []
+    found = {}
     for family in args.family or list(FAMILIES):
         results = {which: run_family(args.diffusers.resolve(), family, which, args.pytest_args) for which in classes}
+        found[family] = results
         for which, outcomes in results.items():
             print(f"{family:5} {which:5} {summary(outcomes)}", flush=True)
         if len(results) == 2:
             regressions += [
-                f"{family}: {name} ({results['ours'].get(name, 'missing')})"
+                (f"{family}: {name}", results["ours"].get(name, "missing").split(":")[0])
                 for name, outcome in results["stock"].items()
                 if outcome == "passed" and results["ours"].get(name) != "passed"
             ]
-    for line in regressions:
-        print(f"passes with stock, not with ours: {line}")
+    for name, outcome in regressions:
+        print(f"passes with stock, not with ours: {name} ({outcome})")
+    if args.store is not None:
+        settings = {"families": list(found), "diffusers": diffusers.__version__,
+                    "tests_commit": tests_commit(args.diffusers.resolve())}
+        print(record.save("peer", settings, stored_results(found, regressions), folder=args.store))
     return 1 if regressions else 0
 
 
