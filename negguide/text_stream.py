@@ -9,10 +9,16 @@ arXiv 2505.21179). `text_stream` does that with hooks on one model instance, for
   target row (``StreamPlan``), and travel through the joint blocks as extra rows of the text stream, modulated
   by their target row's time embedding;
 * the image rows are not duplicated in a joint block: only inside its attention do the target rows' image
-  queries, keys and values run once more beside each extra text row, and the attention output of those added
-  image rows is handed to ``combine`` and dropped before the output projection;
+  queries, keys and values meet each extra text row, and the attention output of those added image rows is
+  handed to ``combine`` and dropped before the output projection;
 * Flux's single blocks process text and image tokens as one sequence, so there the target rows' image tokens
-  run beside each extra text row for the whole block and are dropped at its end.
+  run beside each extra text row through the block and are dropped at its end.
+
+An added row's image tokens are the same as its target row's until attention mixes in the other text, so the
+query, key and value projections of a block's image tokens are computed for the forward's own rows only and
+copied to the added rows; in a single block the MLP and the output projection, whose image-token results an added
+row drops, run on the added rows' text tokens alone. An added row then costs the attention and its text tokens'
+work, not a whole row (with fused projections, ``to_qkv``, the added rows are projected like the others).
 
 Outside a stream step (``plan()`` returns ``None``) the hooks leave the network as it is.
 """
@@ -89,12 +95,23 @@ def text_stream(
                     block.attn.register_forward_pre_hook(stream.tile_queries, with_kwargs=True),
                     block.attn.to_out[0].register_forward_pre_hook(functools.partial(stream.drop_tiled, block.attn)),
                 ]
+                for projection in _projections(block.attn):
+                    handles += [
+                        projection.register_forward_pre_hook(functools.partial(stream.own_rows, block.attn)),
+                        projection.register_forward_hook(functools.partial(stream.tile_rows, block.attn)),
+                    ]
             else:
                 handles += [
                     block.register_forward_pre_hook(stream.tile_block, with_kwargs=True),
                     block.attn.register_forward_hook(stream.combine_sequence),
                     block.register_forward_hook(stream.drop_block_rows),
                 ]
+                for projection, copied in [*((p, True) for p in _projections(block.attn)),
+                                           (block.proj_mlp, False), (block.proj_out, False)]:
+                    handles += [
+                        projection.register_forward_pre_hook(functools.partial(stream.pack_tokens, block)),
+                        projection.register_forward_hook(functools.partial(stream.unpack_tokens, block, copied)),
+                    ]
         yield
     finally:
         for handle in handles:
@@ -111,6 +128,7 @@ class _Stream:
         self.combine = combine
         self.pending: dict[torch.nn.Module, StreamPlan] = {}
         self.image_tokens = 0
+        self.text_tokens = 0
 
     def _streaming(self, text: torch.Tensor) -> StreamPlan | None:
         """The plan when ``text`` carries the extra rows, else ``None``."""
@@ -162,6 +180,7 @@ class _Stream:
             return None
         self.pending[block] = plan
         self.image_tokens = kwargs["hidden_states"].shape[1]
+        self.text_tokens = kwargs["encoder_hidden_states"].shape[1]
         tiled = {name: plan.tile(kwargs[name]) for name in ("hidden_states", "temb")}
         return args, {**kwargs, **tiled}
 
@@ -179,3 +198,50 @@ class _Stream:
             return None
         text, image = output
         return text, image[: plan.num_rows]
+
+    def own_rows(self, attention: torch.nn.Module, projection: torch.nn.Module, args: tuple) -> tuple | None:
+        """A joint block's image projection sees only the forward's own rows (the added ones are their copies)."""
+        plan = self.pending.get(attention)
+        if plan is None:
+            return None
+        return (args[0][: plan.num_rows], *args[1:])
+
+    def tile_rows(self, attention: torch.nn.Module, projection: torch.nn.Module, args: tuple, output: torch.Tensor):
+        plan = self.pending.get(attention)
+        if plan is None:
+            return None
+        return plan.tile(output)
+
+    def pack_tokens(self, block: torch.nn.Module, projection: torch.nn.Module, args: tuple) -> tuple | None:
+        """A single block's projection on the own rows' tokens and the added rows' text tokens, one token per row of
+        a 2-D input: ``(N * (L + I) + k * T * L, C)``."""
+        plan = self.pending.get(block)
+        if plan is None:
+            return None
+        tokens = args[0]  # (N + k * T, L + I, C)
+        own, added = tokens[: plan.num_rows], tokens[plan.num_rows :, : self.text_tokens]
+        return (torch.cat([own.flatten(0, 1), added.flatten(0, 1)]), *args[1:])
+
+    def unpack_tokens(
+        self, block: torch.nn.Module, copied: bool, projection: torch.nn.Module, args: tuple, output: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The packed result back in rows: the added rows' image tokens copied from their targets' (``copied``) or,
+        where the added rows drop them, zeros."""
+        plan = self.pending.get(block)
+        if plan is None:
+            return None
+        tokens = self.text_tokens + self.image_tokens
+        own = output[: plan.num_rows * tokens].unflatten(0, (plan.num_rows, tokens))
+        text = output[plan.num_rows * tokens :].unflatten(0, (-1, self.text_tokens))
+        if copied:
+            image = own[plan.targets, self.text_tokens :].repeat(plan.num_texts, 1, 1)
+        else:
+            image = output.new_zeros(len(text), self.image_tokens, output.shape[-1])
+        return torch.cat([own, torch.cat([text, image], dim=1)])
+
+
+def _projections(attention: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    """The query, key and value projections of the image tokens, unless the attention runs them fused."""
+    if getattr(attention, "fused_projections", False):
+        return ()
+    return attention.to_q, attention.to_k, attention.to_v

@@ -256,6 +256,35 @@ def test_transformers_take_the_negative_as_a_text_stream_at_one_evaluation(trans
     assert torch.equal(flag, run(pipeline, prompt=PROMPT, seeds=(0, 1), guidance=NAG(["blue square"]), **settings))
 
 
+def test_transformers_project_the_image_tokens_once_for_the_negative(transformer):
+    """The negative's rows share their image tokens' projections with the prompt's rows: the image projections
+    run on the forward's own rows, and Flux's single blocks run the negative's rows' text tokens alone."""
+    pipeline, settings = transformer
+    denoiser = pipeline.transformer
+    attention = denoiser.transformer_blocks[0].attn
+    layers = {"to_q": attention.to_q, "add_q_proj": attention.add_q_proj}
+    if hasattr(denoiser, "single_transformer_blocks"):
+        single = denoiser.single_transformer_blocks[0]
+        layers |= {"single to_q": single.attn.to_q, "proj_mlp": single.proj_mlp, "proj_out": single.proj_out}
+    seen = {name: set() for name in layers}
+    handles = [
+        layer.register_forward_hook(lambda module, args, output, name=name: seen[name].add(tuple(args[0].shape[:2])))
+        for name, layer in layers.items()
+    ]
+    try:
+        run(pipeline, prompt=PROMPT, seeds=(0, 1), guidance=NAG(["blue square"]), **settings)
+    finally:
+        for handle in handles:
+            handle.remove()
+    ((text_rows, text),) = seen["add_q_proj"]
+    ((image_rows, image),) = seen["to_q"]
+    assert (text_rows, image_rows) == (4, 2)  # two images, each with the prompt's and the negative's text
+    if hasattr(denoiser, "single_transformer_blocks"):
+        packed = 2 * (text + image) + 2 * text
+        for name in ("single to_q", "proj_mlp", "proj_out"):
+            assert {shape[0] for shape in seen[name]} == {packed}, (name, seen[name])
+
+
 def test_transformers_batched_equals_one_by_one(transformer):
     pipeline, settings = transformer
     module = NAG([Negative(["blue square", "red circle"])], scale=4.0)
