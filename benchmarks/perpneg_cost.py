@@ -51,8 +51,10 @@ def main() -> None:
 
     for k in args.ks:
         one, separate = (runner(f"Perp-Neg k={k}, {how}")(0) for how in ("one forward", "separate forwards"))
-        if not torch.allclose(one, separate, atol=1e-4):
-            raise SystemExit(f"k={k}: one batched forward and separate forwards disagree")
+        # Batching changes only float rounding, which grows with the latents' magnitude (about 24 after 5 steps).
+        difference = (one - separate).abs().max().item()
+        if difference > 1e-5 * one.abs().max().item():
+            raise SystemExit(f"k={k}: one batched forward and separate forwards disagree by {difference:.3g}")
     times = alternating({name: runner(name) for name in variants}, args.runs)
 
     per_step = {name: timing.median / args.steps for name, timing in times.items()}
