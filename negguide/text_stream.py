@@ -109,14 +109,15 @@ def text_stream(
                 for projection, copied in [*((p, True) for p in _projections(block.attn)),
                                            (block.proj_mlp, False), (block.proj_out, False)]:
                     handles += [
-                        projection.register_forward_pre_hook(functools.partial(stream.pack_tokens, block)),
-                        projection.register_forward_hook(functools.partial(stream.unpack_tokens, block, copied)),
+                        projection.register_forward_pre_hook(functools.partial(stream.own_tokens, block)),
+                        projection.register_forward_hook(functools.partial(stream.added_tokens, block, copied)),
                     ]
         yield
     finally:
         for handle in handles:
             handle.remove()
         stream.pending.clear()
+        stream.added.clear()
 
 
 class _Stream:
@@ -129,6 +130,7 @@ class _Stream:
         self.pending: dict[torch.nn.Module, StreamPlan] = {}
         self.image_tokens = 0
         self.text_tokens = 0
+        self.added: dict[torch.nn.Module, torch.Tensor] = {}
 
     def _streaming(self, text: torch.Tensor) -> StreamPlan | None:
         """The plan when ``text`` carries the extra rows, else ``None``."""
@@ -212,32 +214,28 @@ class _Stream:
             return None
         return plan.tile(output)
 
-    def pack_tokens(self, block: torch.nn.Module, projection: torch.nn.Module, args: tuple) -> tuple | None:
-        """A single block's projection on the own rows' tokens and the added rows' text tokens, one token per row of
-        a 2-D input: ``(N * (L + I) + k * T * L, C)``."""
+    def own_tokens(self, block: torch.nn.Module, projection: torch.nn.Module, args: tuple) -> tuple | None:
+        """A single block's projection runs on the forward's own rows; the added rows wait for `added_tokens`."""
         plan = self.pending.get(block)
         if plan is None:
             return None
-        tokens = args[0]  # (N + k * T, L + I, C)
-        own, added = tokens[: plan.num_rows], tokens[plan.num_rows :, : self.text_tokens]
-        return (torch.cat([own.flatten(0, 1), added.flatten(0, 1)]), *args[1:])
+        self.added[projection] = args[0][plan.num_rows :, : self.text_tokens]
+        return (args[0][: plan.num_rows], *args[1:])
 
-    def unpack_tokens(
+    def added_tokens(
         self, block: torch.nn.Module, copied: bool, projection: torch.nn.Module, args: tuple, output: torch.Tensor
     ) -> torch.Tensor | None:
-        """The packed result back in rows: the added rows' image tokens copied from their targets' (``copied``) or,
-        where the added rows drop them, zeros."""
+        """The added rows' text tokens through the projection (its own ``forward``, outside the hooks), beside their
+        image tokens copied from their targets' (``copied``) or, where the added rows drop them, zeros."""
         plan = self.pending.get(block)
         if plan is None:
             return None
-        tokens = self.text_tokens + self.image_tokens
-        own = output[: plan.num_rows * tokens].unflatten(0, (plan.num_rows, tokens))
-        text = output[plan.num_rows * tokens :].unflatten(0, (-1, self.text_tokens))
+        text = projection.forward(self.added.pop(projection))
         if copied:
-            image = own[plan.targets, self.text_tokens :].repeat(plan.num_texts, 1, 1)
+            image = output[plan.targets, self.text_tokens :].repeat(plan.num_texts, 1, 1)
         else:
             image = output.new_zeros(len(text), self.image_tokens, output.shape[-1])
-        return torch.cat([own, torch.cat([text, image], dim=1)])
+        return torch.cat([output, torch.cat([text, image], dim=1)])
 
 
 def _projections(attention: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
