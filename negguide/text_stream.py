@@ -18,7 +18,7 @@ An added row's image tokens are the same as its target row's until attention mix
 query, key and value projections of a block's image tokens are computed for the forward's own rows only and
 copied to the added rows; in a single block the MLP and the output projection, whose image-token results an added
 row drops, run on the added rows' text tokens alone. An added row then costs the attention and its text tokens'
-work, not a whole row (with fused projections, ``to_qkv``, the added rows are projected like the others).
+work, not a whole row, with separate or fused (``to_qkv``) projections alike.
 
 Outside a stream step (``plan()`` returns ``None``) the hooks leave the network as it is.
 """
@@ -239,7 +239,7 @@ class _Stream:
 
 
 def _projections(attention: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
-    """The query, key and value projections of the image tokens, unless the attention runs them fused."""
-    if getattr(attention, "fused_projections", False):
-        return ()
-    return attention.to_q, attention.to_k, attention.to_v
+    """The layers that project a block's image tokens for attention: the query, key and value projections, and
+    their fused form, ``to_qkv``, where the attention has one (only the one its processor calls runs)."""
+    names = ("to_q", "to_k", "to_v", "to_qkv")
+    return tuple(getattr(attention, name) for name in names if getattr(attention, name, None) is not None)

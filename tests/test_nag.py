@@ -285,6 +285,26 @@ def test_transformers_project_the_image_tokens_once_for_the_negative(transformer
             assert seen[name] == {(2, text + image)}, (name, seen[name])
 
 
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_fused_projections_are_shared_too(family):
+    """With ``fuse_qkv_projections`` the fused image projection runs on the forward's own rows as well, and the
+    images are those of the separate projections."""
+    pipeline, settings = transformer_pipelines()[family]
+    call = {"prompt": PROMPT, "seeds": (0, 1), "guidance": NAG(["blue square"]), **settings}
+    separate = run(pipeline, **call)
+    pipeline.transformer.fuse_qkv_projections()
+    rows = set()
+    handle = pipeline.transformer.transformer_blocks[0].attn.to_qkv.register_forward_hook(
+        lambda module, args, output: rows.add(len(args[0]))
+    )
+    try:
+        fused = run(pipeline, **call)
+    finally:
+        handle.remove()
+    assert rows == {2}
+    assert max_difference(fused, separate) < 1e-5
+
+
 def test_transformers_batched_equals_one_by_one(transformer):
     pipeline, settings = transformer
     module = NAG([Negative(["blue square", "red circle"])], scale=4.0)

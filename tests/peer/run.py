@@ -93,19 +93,21 @@ def skip_kind(outcome: str) -> str:
     return next((kind for kind, words in SKIP_KINDS if any(word in reason for word in words)), "other")
 
 
+SKIP_NAMES = [kind for kind, _ in SKIP_KINDS] + ["other"]
+
+
 def counts(outcomes: dict[str, str]) -> dict[str, int]:
-    """Tests passed, failed and skipped, and the skips by why (`SKIP_KINDS`, then ``other``)."""
+    """Tests passed, failed and skipped, and the skips by why (``skipped, <kind>`` for each of `SKIP_NAMES`)."""
     total = Counter("skipped" if o.startswith("skipped") else o for o in outcomes.values())
     skips = Counter(skip_kind(o) for o in outcomes.values() if o.startswith("skipped"))
-    kinds = [kind for kind, _ in SKIP_KINDS] + ["other"]
     return {"passed": total["passed"], "failed": total["failed"], "skipped": total["skipped"]} | {
-        f"skipped, {kind}": skips[kind] for kind in kinds
+        f"skipped, {kind}": skips[kind] for kind in SKIP_NAMES
     }
 
 
 def summary(outcomes: dict[str, str]) -> str:
     found = counts(outcomes)
-    detail = ", ".join(f"{key.split(', ')[1]} {n}" for key, n in found.items() if key.startswith("skipped, ") and n)
+    detail = ", ".join(f"{kind} {found[f'skipped, {kind}']}" for kind in SKIP_NAMES if found[f"skipped, {kind}"])
     return f"{found['passed']} passed, {found['failed']} failed, {found['skipped']} skipped ({detail or 'none'})"
 
 
