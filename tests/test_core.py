@@ -69,6 +69,20 @@ def test_texts_are_encoded_once_per_call():
     assert encoder.calls == [["a", "p0", "p1", "", "b"]]
 
 
+def test_condition_rows_in_encoding_order_are_not_copied():
+    encoder = Encoder()
+    guide = make_guide(NegativePrompts(), encode=encoder)
+    guide.prefetch(True)
+    [encoded] = guide.conditions._encoded
+    order = encoder.calls[0]
+    together = guide.conditions.rows(order)["encoder_hidden_states"]
+    assert together.data_ptr() == encoded["encoder_hidden_states"].data_ptr()
+    one = guide.conditions.rows([order[1]])["encoder_hidden_states"]
+    assert one.untyped_storage().data_ptr() == together.untyped_storage().data_ptr()
+    shuffled = guide.conditions.rows([order[2], order[0], order[2]])["encoder_hidden_states"]
+    assert torch.equal(shuffled, together[[2, 0, 2]])
+
+
 def test_texts_per_encoder_are_conditions_of_their_own():
     seen = []
 
