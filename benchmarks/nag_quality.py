@@ -88,6 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=DISTILLED_MODEL_NAME, help="an embedded model's name, or a folder")
     parser.add_argument("--seeds", type=int, default=200)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from here (other seeds to tune on)")
+    parser.add_argument("--kinds", nargs="+", choices=COMPANION_KINDS, default=list(COMPANION_KINDS),
+                        help="the kinds of case to run (default: all)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
         "--scale",
@@ -115,12 +118,12 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     distilled = pipe.unet.config.time_cond_proj_dim is not None
     true_cfg_scale = args.true_cfg_scale if distilled else None
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     started = time.perf_counter()
 
     rows, goal = [], {method: [] for method in methods if "nag" in method}
     for case in negative_cases():
-        if case.kind not in COMPANION_KINDS:
+        if case.kind not in args.kinds:
             continue
         rates, plain = {}, None
         for method in methods:
@@ -168,7 +171,7 @@ def main() -> None:
         "the prompted object's colour or shape with the companion.",
         "tables": [
             table(
-                f"Companion cases ({kind}{true_cfg}), {args.seeds} seeds, {args.steps} steps",
+                f"Companion cases ({kind}{true_cfg}), {args.seeds} seeds from {args.first_seed}, {args.steps} steps",
                 ["kind", "prompt", "negative", "method", "present %", "kept %"],
                 rows,
                 [None, None, None, None, ".1f", ".1f"],
