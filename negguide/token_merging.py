@@ -49,8 +49,9 @@ def best_matches(
     for start in range(0, x.shape[1], rows_per_block):
         similarity = torch.bmm(x[:, start : start + rows_per_block], r)  # (B, block, M)
         if allowed is not None:
-            similarity = similarity.masked_fill(~allowed, float("-inf"))
+            similarity.masked_fill_(~allowed, float("-inf"))
         block_best, block_index = similarity.max(dim=-1)
+        del similarity  # freed before the next block is allocated: one block alive at a time
         best.append(block_best.float())
         index.append(block_index)
     return torch.cat(best, dim=1).clamp_(max=1.0), torch.cat(index, dim=1)

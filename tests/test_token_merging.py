@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from negguide import token_merging
+from negguide.memory import peak_memory
 from negguide.token_merging import best_matches, negtome_merge
 
 
@@ -33,6 +34,17 @@ def test_no_block_of_similarities_exceeds_the_budget(monkeypatch):
     best_matches(tokens, reference, block_bytes=2**20)
     assert max(seen) <= 2**20 and len(seen) == 4096 * 4096 * 4 // 2**20
     assert token_merging.SIMILARITY_BYTES == 2**26
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_one_block_of_similarities_is_alive_at_a_time(masked):
+    tokens, reference = torch.randn(1, 4096, 8), torch.randn(1, 4096, 8)
+    mask = torch.rand(4096) > 0.5 if masked else None
+    with peak_memory(torch.device("cpu")) as peak:
+        best_matches(tokens, reference, mask, block_bytes=2**22)
+    outputs = 4096 * (4 + 8) * 2  # the best similarities (fp32) and indices (int64), per block and joined
+    inputs = 2 * tokens.numel() * tokens.element_size()  # the normalised tokens and reference
+    assert peak.bytes <= 2**22 + outputs + inputs + 4096 * 2
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
