@@ -4,6 +4,8 @@
     python benchmarks/nag_quality.py --model shapes-world --method standard \\
         --method 'standard+nag'                                          # the CFG model, NAG on top
     python benchmarks/nag_quality.py --quick                             # 8 seeds, 2 timing rounds
+    python benchmarks/nag_quality.py --study --first-seed 1000 --seeds 100 --kinds companion \
+        --method nag --method 'nag:{"alpha": 0.75}'                      # settings, on other seeds
 
 Every companion case of the shapes-world suite (``negguide.shapes.cases.negative_cases``: a one-object prompt
 and its frequent unnamed companion as the negative; ``companion`` cases share neither colour nor shape with the
@@ -108,6 +110,8 @@ def main() -> None:
     parser.add_argument("--cost-images", type=int, default=8)
     parser.add_argument("--runs", type=int, default=5, help="timing rounds")
     parser.add_argument("--quick", action="store_true", help="8 seeds and 2 timing rounds")
+    parser.add_argument("--study", action="store_true",
+                        help="a study of settings: stored apart (benchmark name ending '_settings'), titled so")
     add_store_argument(parser)
     args = parser.parse_args()
     if args.quick:
@@ -164,7 +168,8 @@ def main() -> None:
     kind = f"distilled, embedded scale {args.scale}" if distilled else f"CFG {args.scale}"
     true_cfg = f", true CFG {true_cfg_scale} for 'standard'" if distilled else ""
     results = {
-        "title": f"Companion removal on {args.model}",
+        "title": (f"NAG's settings on {args.model}, seeds {seeds[0]} to {seeds[-1]}" if args.study
+                  else f"Companion removal on {args.model}"),
         "summary": "Each one-object prompt with its frequent unnamed companion as the negative. 'present' is the share "
         "of images still holding the companion (recoloured, reshaped or replaced in place, against the same seed's image "
         "without a negative, counts as present), 'kept' the share holding the prompted object; overlap cases share "
@@ -197,7 +202,7 @@ def main() -> None:
     print(f"\n{len(rows) * args.seeds} images and the timing in {elapsed:.0f} s")
     settings = {key: value for key, value in vars(args).items() if key != "store"}
     settings["method"] = methods
-    name = "nag_quality_distilled" if distilled else "nag_quality"
+    name = ("nag_quality_distilled" if distilled else "nag_quality") + ("_settings" if args.study else "")
     path = save(name, settings, results, model_identity(args.model), args.store)
     print(f"stored {path}")
 
