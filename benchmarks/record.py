@@ -121,12 +121,13 @@ def cell(value: Any, spec: str | None = None) -> str:
 
 
 def markdown(entry: dict[str, Any]) -> str:
-    """A results table as Markdown (header, rule, rows)."""
+    """A results table as Markdown (header, rule, rows); a ``|`` inside a cell is escaped."""
     columns = entry["columns"]
     formats = entry.get("formats") or [None] * len(columns)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in entry["rows"]:
-        lines.append("| " + " | ".join(cell(value, spec) for value, spec in zip(row, formats)) + " |")
+        cells = (cell(value, spec).replace("|", "\\|") for value, spec in zip(row, formats))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -223,6 +223,13 @@ def test_a_malformed_run_is_refused_with_its_file(tmp_path: Path):
     assert path.is_file()
 
 
+def test_a_pipe_inside_a_cell_keeps_the_row_in_its_columns():
+    text = record.markdown(record.table("t", ["method", "n"], [['nag:{"layers": "(a|b)"}', 1]]))
+    row = text.splitlines()[-1]
+    assert row == '| nag:{"layers": "(a\\|b)"} | 1 |'
+    assert len(re.split(r"(?<!\\)\|", row)) == 4
+
+
 def test_a_table_row_must_match_its_columns():
     with pytest.raises(ValueError, match="a row of 1 cells for 2 columns"):
         record.table("t", ["a", "b"], [[1]])
