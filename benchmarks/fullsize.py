@@ -514,23 +514,19 @@ def results(measured: dict[str, dict], profile: str, args: argparse.Namespace) -
                    "text tokens.",
         "quick": "Tiny sizes for CI: that every path runs, not what it costs.",
     }[profile]
-    per_step = {
-        name: {variant: 1000 * t["median_s"] / args.steps for variant, t in m["timings"].items()}
-        for name, m in measured.items()
-    }
-    inside = {
-        name: {variant: 1000 * statistics.median(seconds) / args.steps for variant, seconds in m["denoiser_s"].items()}
-        for name, m in measured.items()
-    }
-    outside = {
-        name: {
-            variant: 1000 * statistics.median(
-                total - spent for total, spent in zip(t["runs_s"], m["denoiser_s"][variant], strict=True)
-            ) / args.steps
+    def ms_per_step(runs_s: list[float]) -> float:
+        """Milliseconds per denoising step of the median call among ``runs_s`` (seconds per call)."""
+        return 1000 * statistics.median(runs_s) / args.steps
+
+    per_step, inside, outside = {}, {}, {}
+    for name, m in measured.items():
+        per_step[name] = {variant: ms_per_step(t["runs_s"]) for variant, t in m["timings"].items()}
+        inside[name] = {variant: ms_per_step(seconds) for variant, seconds in m["denoiser_s"].items()}
+        outside[name] = {
+            variant: ms_per_step([total - spent for total, spent in zip(t["runs_s"], m["denoiser_s"][variant],
+                                                                        strict=True)])
             for variant, t in m["timings"].items()
         }
-        for name, m in measured.items()
-    }
     architecture_rows = [
         [FAMILIES[name].title, m["parameters"] / 1e6, m["published_parameters"] / 1e6,
          f"{m['shape']['size']}x{m['shape']['size']}", m["tokens"], m["reductions"]]

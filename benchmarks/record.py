@@ -50,7 +50,8 @@ from typing import Any
 
 import torch
 
-RUNS = Path(__file__).resolve().parent / "runs"
+REPOSITORY = Path(__file__).resolve().parents[1]
+RUNS = REPOSITORY / "benchmarks" / "runs"
 
 
 def machine() -> dict[str, Any]:
@@ -73,9 +74,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def commit() -> str | None:
-    """The repository's commit, with ``+dirty`` when the work tree has changes; ``None`` outside a checkout."""
-    root = Path(__file__).resolve().parents[1]
+def commit(root: Path = REPOSITORY) -> str | None:
+    """The commit of the git checkout at ``root`` (this repository by default), with ``+dirty`` when its work tree
+    has changes; ``None`` outside a checkout."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         status = subprocess.run(

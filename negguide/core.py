@@ -46,8 +46,9 @@ def embeds_conditions(source: str, **fields: torch.Tensor) -> dict[TextKey, Fiel
 class ConditionTable:
     """The text conditions of one call: one row of fields per distinct text, encoded on first need.
 
-    Rows asked for in the order they were encoded in come back as a view of the encoder's output, so that a
-    call's conditions are held once (a T5 encoding is megabytes per row), not copied into every batch.
+    Rows that lie one after the other in one tensor (the encoder's output, caller-given embeddings) come back as
+    a view of it (`_stacked`), so that a call's conditions are held once (a T5 encoding is megabytes per row),
+    not copied into every batch.
 
     Args:
         encode: the family's text encoding, called with a list of distinct texts.
@@ -57,8 +58,6 @@ class ConditionTable:
     def __init__(self, encode: Encoder, given: Mapping[TextKey, Fields] | None = None) -> None:
         self._encode = encode
         self._rows: dict[TextKey, Fields] = dict(given or {})
-        self._encoded: list[Fields] = []
-        self._where: dict[TextKey, tuple[int, int]] = {}
 
     def prefetch(self, keys: Iterable[TextKey]) -> None:
         """Encode, in one call, the texts among ``keys`` (and inside their blends) not encoded yet."""
@@ -66,21 +65,15 @@ class ConditionTable:
         texts = list(dict.fromkeys(text for key in keys for text in _texts(key) if text not in self._rows))
         if texts:
             encoded = self._encode(texts)
-            self._encoded.append(encoded)
             for i, text in enumerate(texts):
                 self._rows[text] = {name: t[i : i + 1] for name, t in encoded.items()}
-                self._where[text] = (len(self._encoded) - 1, i)
         for key in keys:
             if isinstance(key, Blend) and key not in self._rows:
                 self._rows[key] = _blend([(self._rows[text], weight) for text, weight in key.parts])
 
     def rows(self, keys: Sequence[TextKey]) -> Fields:
-        """The fields of ``keys``, stacked row by row (a view of the encoded rows when they are consecutive there)."""
+        """The fields of ``keys``, stacked row by row."""
         self.prefetch(keys)
-        places = [self._where.get(key) for key in keys]
-        if places[0] is not None and places == [(places[0][0], places[0][1] + i) for i in range(len(keys))]:
-            source, start = places[0]
-            return {name: t[start : start + len(keys)] for name, t in self._encoded[source].items()}
         rows = [self._rows[key] for key in keys]
         for name in rows[0]:
             shapes = sorted({tuple(row[name].shape[1:]) for row in rows})
@@ -90,7 +83,7 @@ class ConditionTable:
                     "embeddings (`prompt_embeds`, `negative_prompt_embeds`) must match each other and the encoded "
                     "texts of the call (e.g. the same `max_sequence_length`)."
                 )
-        return {name: torch.cat([row[name] for row in rows]) for name in rows[0]}
+        return {name: _stacked([row[name] for row in rows]) for name in rows[0]}
 
 
 class Guide:
@@ -342,6 +335,22 @@ def _texts(key: TextKey) -> tuple[Text, ...]:
     if isinstance(key, Blend):
         return tuple(text for text, _ in key.parts)
     return ()
+
+
+def _stacked(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``parts`` concatenated along the rows: a view when they lie one after the other in one tensor, else a copy."""
+    first = parts[0]
+    offset = first.storage_offset()
+    for part in parts:
+        if (
+            part.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+            or part.dtype != first.dtype
+            or part.stride() != first.stride()
+            or part.storage_offset() != offset
+        ):
+            return torch.cat(list(parts))
+        offset += len(part) * first.stride(0)
+    return first.as_strided((sum(map(len, parts)), *first.shape[1:]), first.stride(), first.storage_offset())
 
 
 def _blend(parts: Sequence[tuple[Fields, float]]) -> Fields:

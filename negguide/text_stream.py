@@ -191,8 +191,9 @@ class _Stream:
         if plan is None or attention not in self.guided:
             return None
         image = -self.image_tokens
-        rows = self.combine(output[: plan.num_rows, image:], output[plan.num_rows :, image:])
-        return torch.cat([torch.cat([output[: plan.num_rows, :image], rows], dim=1), output[plan.num_rows :]])
+        guided = output.clone()
+        guided[: plan.num_rows, image:] = self.combine(output[: plan.num_rows, image:], output[plan.num_rows :, image:])
+        return guided
 
     def drop_block_rows(self, block: torch.nn.Module, args: tuple, output: tuple) -> tuple | None:
         plan = self.pending.pop(block, None)

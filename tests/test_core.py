@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from negguide import Negative, NegativePrompts
-from negguide.branches import COND, UNCOND, CallInfo, EncoderTexts
-from negguide.core import Guide
+from negguide.branches import COND, UNCOND, CallInfo, EmbedsRef, EncoderTexts
+from negguide.core import ConditionTable, Guide, embeds_conditions
 from negguide.layout import BatchLayout, ExtraRow, Row
 from negguide.modules import Patcher, PatchState
 
@@ -70,10 +70,15 @@ def test_texts_are_encoded_once_per_call():
 
 
 def test_condition_rows_in_encoding_order_are_not_copied():
-    encoder = Encoder()
-    guide = make_guide(NegativePrompts(), encode=encoder)
+    encoder, outputs = Encoder(), []
+
+    def encode(texts):
+        outputs.append(encoder(texts))
+        return outputs[-1]
+
+    guide = make_guide(NegativePrompts(), encode=encode)
     guide.prefetch(True)
-    [encoded] = guide.conditions._encoded
+    [encoded] = outputs
     order = encoder.calls[0]
     together = guide.conditions.rows(order)["encoder_hidden_states"]
     assert together.data_ptr() == encoded["encoder_hidden_states"].data_ptr()
@@ -81,6 +86,16 @@ def test_condition_rows_in_encoding_order_are_not_copied():
     assert one.untyped_storage().data_ptr() == together.untyped_storage().data_ptr()
     shuffled = guide.conditions.rows([order[2], order[0], order[2]])["encoder_hidden_states"]
     assert torch.equal(shuffled, together[[2, 0, 2]])
+    assert shuffled.untyped_storage().data_ptr() != together.untyped_storage().data_ptr()
+
+
+def test_caller_given_rows_in_order_are_not_copied():
+    given = torch.randn(3, 4, 5)
+    table = ConditionTable(Encoder(), embeds_conditions("prompt", encoder_hidden_states=given))
+    rows = table.rows([EmbedsRef("prompt", i) for i in range(3)])["encoder_hidden_states"]
+    assert rows.data_ptr() == given.data_ptr() and torch.equal(rows, given)
+    assert torch.equal(table.rows([EmbedsRef("prompt", 2), EmbedsRef("prompt", 0)])["encoder_hidden_states"],
+                       given[[2, 0]])
 
 
 def test_texts_per_encoder_are_conditions_of_their_own():

@@ -14,7 +14,7 @@ run's pytest output is kept in ``<temp>/negguide-peer/<family>-<classes>.log``. 
 
 With ``--store DIR`` (``benchmarks/runs`` for the results page) the counts are kept as a run of ``peer``
 (`benchmarks/record.py`), with the diffusers version installed and the commit of the test files where the tree is
-a git checkout.
+a git checkout (``+dirty`` when that tree has changes).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import diffusers
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks import record  # noqa: E402  (the repository's benchmarks folder, found from this file)
+from benchmarks import record  # the repository's benchmarks folder, found from this file
 
 FIXTURES = HERE.parent / "fixtures"
 FAMILIES = {
@@ -111,14 +111,6 @@ def summary(outcomes: dict[str, str]) -> str:
     return f"{found['passed']} passed, {found['failed']} failed, {found['skipped']} skipped ({detail or 'none'})"
 
 
-def tests_commit(diffusers_tree: Path) -> str | None:
-    """The commit of the diffusers tree the tests come from, ``None`` when it is not a git checkout."""
-    found = subprocess.run(["git", "-C", str(diffusers_tree), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if found.returncode != 0:
-        return None
-    return found.stdout.strip()
-
-
 def stored_results(found: dict[str, dict[str, dict[str, str]]], regressions: list[tuple[str, str]]) -> dict:
     """The run's ``results`` for the results page (`benchmarks/record.py`)."""
     columns = ["family", "classes", *counts({})]
@@ -175,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"passes with stock, not with ours: {name} ({outcome})")
     if args.store is not None:
         settings = {"families": list(found), "diffusers": diffusers.__version__,
-                    "tests_commit": tests_commit(args.diffusers.resolve())}
+                    "tests_commit": record.commit(args.diffusers.resolve())}
         print(record.save("peer", settings, stored_results(found, regressions), folder=args.store))
     return 1 if regressions else 0
 
